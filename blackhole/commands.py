@@ -1,0 +1,274 @@
+"""The command table: every SMTP verb, its RFC 5321 rules as data, and its handler.
+
+A handler takes the session and the argument text and returns a Reply; the
+session checks the row's rules (phase, line length) before calling it.
+"""
+
+import enum
+from typing import Callable, NamedTuple
+
+from blackhole import replies, syntax
+from blackhole.replies import Reply
+
+
+class Phase(enum.IntEnum):
+    """Where a session stands in the order RFC 5321 4.1.4 imposes."""
+
+    CONNECTED = 0  # greeted, but no HELO or EHLO yet
+    GREETED = 1  # no mail transaction
+    MAIL = 2  # sender given
+    RCPT = 3  # at least one recipient accepted
+
+
+class Reset(enum.IntEnum):
+    """What a command clears when it succeeds."""
+
+    NOTHING = 0
+    TRANSACTION = 1  # RFC 5321 4.1.1.1 and 4.1.1.5: back to GREETED
+
+
+class Refusal(Exception):
+    """Raised by a handler to answer with ``reply`` instead."""
+
+    def __init__(self, reply):
+        super().__init__(reply)
+        self.reply = reply
+
+
+class Command(NamedTuple):
+    """One row of the table."""
+
+    handler: Callable[..., Reply]
+    syntax: str  # what HELP shows
+    refusals: dict = {}  # Phase -> the 503 to give there; allowed elsewhere
+    ends_group: bool = False  # RFC 2920 3.1: the client must wait for the reply
+    resets: Reset = Reset.NOTHING
+    max_line: int = 512  # octets with CRLF (RFC 5321 4.5.3.1.4, plus allowances)
+
+
+def ehlo_keywords(settings):
+    """The extensions EHLO advertises."""
+    return (
+        "PIPELINING",
+        f"SIZE {settings.message_size_limit}",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "VRFY",
+        "DSN",
+        "HELP",
+    )
+
+
+def _no_argument(handler):
+    """Answer 501 when a verb that takes no argument gets one."""
+
+    def checked(session, arg):
+        return replies.NO_ARGUMENTS if arg else handler(session, arg)
+
+    checked.__doc__ = handler.__doc__
+    return checked
+
+
+def helo(session, arg):
+    """RFC 5321 4.1.1.1."""
+    if not syntax.is_helo_domain(arg):
+        return replies.SYNTAX_HELO
+    session.greet(extended=False)
+    return session.settings.helo
+
+
+def ehlo(session, arg):
+    """RFC 5321 4.1.1.1; the keywords come from ehlo_keywords()."""
+    if not syntax.is_helo_domain(arg):
+        return replies.SYNTAX_HELO
+    session.greet(extended=True)
+    return session.settings.ehlo
+
+
+def _envelope(session, arg, keyword, errors, checks):
+    """Parse a MAIL or RCPT argument and vet its parameters; Refusal if bad."""
+    try:
+        mailbox, params = syntax.envelope(arg, keyword)
+    except syntax.ArgumentError as error:
+        raise Refusal(errors[error.kind]) from None
+    if params and not session.extended:
+        # RFC 1869 4.5: parameters only after EHLO.
+        raise Refusal(replies.UNKNOWN_PARAMETER)
+    for key, value in params.items():
+        check = checks.get(key)
+        if check is None:
+            raise Refusal(replies.UNKNOWN_PARAMETER)
+        refusal = check(session, value)
+        if refusal is not None:
+            raise Refusal(refusal)
+    return mailbox, params
+
+
+def _size(session, value):
+    """RFC 1870 6: SIZE=<octets>, refused at once when over the limit."""
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
+        return replies.BAD_PARAMETER
+    limit = session.settings.message_size_limit
+    if limit and int(value) > limit:
+        return replies.SIZE_EXCEEDED
+    return None
+
+
+def _body(session, value):
+    """RFC 6152 2: BODY=7BIT or BODY=8BITMIME."""
+    if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+        return replies.BAD_PARAMETER
+    return None
+
+
+def _bare(session, value):
+    """A keyword that takes no value (SMTPUTF8, RFC 6531 3.4)."""
+    return None if value is None else replies.BAD_PARAMETER
+
+
+def _ret(session, value):
+    """RFC 3461 4.3: RET=FULL or RET=HDRS."""
+    if value is None or value.upper() not in ("FULL", "HDRS"):
+        return replies.BAD_PARAMETER
+    return None
+
+
+def _envid(session, value):
+    """RFC 3461 4.4: ENVID=xtext, at most 100 characters."""
+    if value is None or len(value) > 100 or not syntax.is_xtext(value):
+        return replies.BAD_PARAMETER
+    return None
+
+
+def _notify(session, value):
+    """RFC 3461 4.1: NOTIFY=NEVER or a list of SUCCESS, FAILURE, DELAY."""
+    words = (value or "").upper().split(",")
+    if words == ["NEVER"] or (
+        len(set(words)) == len(words) and set(words) <= {"SUCCESS", "FAILURE", "DELAY"}
+    ):
+        return None
+    return replies.BAD_PARAMETER
+
+
+def _orcpt(session, value):
+    """RFC 3461 4.2: ORCPT=addr-type;xtext."""
+    kind, semicolon, address = (value or "").partition(";")
+    if not (semicolon and kind and address and syntax.is_xtext(address)):
+        return replies.BAD_PARAMETER
+    return None
+
+
+MAIL_PARAMETERS = {"SIZE": _size, "BODY": _body, "SMTPUTF8": _bare,
+                   "RET": _ret, "ENVID": _envid}
+RCPT_PARAMETERS = {"NOTIFY": _notify, "ORCPT": _orcpt}
+_MAIL_ERRORS = {"form": replies.SYNTAX_MAIL, "address": replies.BAD_SENDER,
+                "parameter": replies.BAD_PARAMETER}
+_RCPT_ERRORS = {"form": replies.SYNTAX_RCPT, "address": replies.BAD_RECIPIENT,
+                "parameter": replies.BAD_PARAMETER}
+
+
+def mail(session, arg):
+    """RFC 5321 4.1.1.2: start a transaction."""
+    mailbox, params = _envelope(session, arg, "FROM", _MAIL_ERRORS, MAIL_PARAMETERS)
+    if mailbox and "@" not in mailbox:
+        return replies.BAD_SENDER  # <postmaster> is a recipient only
+    utf8 = "SMTPUTF8" in params
+    if not (utf8 or mailbox.isascii()):
+        return replies.UTF8_NOT_DECLARED
+    session.begin_transaction(utf8)
+    return replies.SENDER_OK
+
+
+def rcpt(session, arg):
+    """RFC 5321 4.1.1.3: add a recipient, up to --max_recipients."""
+    mailbox, _ = _envelope(session, arg, "TO", _RCPT_ERRORS, RCPT_PARAMETERS)
+    if not mailbox:
+        return replies.BAD_RECIPIENT
+    if not (session.smtputf8 or mailbox.isascii()):
+        return replies.UTF8_NOT_DECLARED
+    if session.recipients >= session.settings.max_recipients:
+        return replies.TOO_MANY_RECIPIENTS  # RFC 5321 4.5.3.1.10
+    session.add_recipient()
+    return replies.RECIPIENT_OK
+
+
+@_no_argument
+def data(session, arg):
+    """RFC 5321 4.1.1.4: the message follows, up to <CRLF>.<CRLF>."""
+    session.start_data()
+    return replies.START_DATA
+
+
+@_no_argument
+def rset(session, arg):
+    """RFC 5321 4.1.1.5; the table's reset does the work."""
+    session.renew_ident()
+    return replies.OK
+
+
+def noop(session, arg):
+    """RFC 5321 4.1.1.9: any argument is ignored."""
+    return replies.OK
+
+
+@_no_argument
+def quit_(session, arg):
+    """RFC 5321 4.1.1.10."""
+    return replies.BYE
+
+
+def vrfy(session, arg):
+    """RFC 5321 3.5.3: 252, as 1.x, for any address."""
+    return replies.CANNOT_VRFY if arg else replies.SYNTAX_VRFY
+
+
+def help_(session, arg):
+    """RFC 5321 4.1.1.8: the verbs, or one verb's syntax."""
+    if not arg:
+        return _HELP_ALL
+    return _HELP.get(arg.upper(), replies.UNKNOWN_HELP_TOPIC)
+
+
+_NEED_MAIL = {Phase.CONNECTED: replies.NEED_MAIL, Phase.GREETED: replies.NEED_MAIL}
+
+COMMANDS = {
+    "HELO": Command(helo, "HELO domain", resets=Reset.TRANSACTION),
+    "EHLO": Command(ehlo, "EHLO domain", ends_group=True, resets=Reset.TRANSACTION),
+    "MAIL": Command(
+        mail,
+        "MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]"
+        " [RET=FULL|HDRS] [ENVID=id]",
+        refusals={Phase.CONNECTED: replies.NEED_HELO, Phase.MAIL: replies.NESTED_MAIL,
+                  Phase.RCPT: replies.NESTED_MAIL},
+        # RFC 1870 (SIZE) +26, RFC 6531 (SMTPUTF8) +10, RFC 3461 (DSN) +100.
+        max_line=512 + 26 + 10 + 100,
+    ),
+    "RCPT": Command(
+        rcpt,
+        "RCPT TO:<address> [NOTIFY=NEVER|SUCCESS,FAILURE,DELAY] [ORCPT=type;address]",
+        refusals=_NEED_MAIL,
+        max_line=512 + 10 + 500,  # RFC 6531 +10, RFC 3461 +500
+    ),
+    "DATA": Command(data, "DATA", refusals={**_NEED_MAIL, Phase.MAIL: replies.NEED_RCPT},
+                    ends_group=True),
+    "RSET": Command(rset, "RSET", resets=Reset.TRANSACTION),
+    "NOOP": Command(noop, "NOOP [text]", ends_group=True),
+    "QUIT": Command(quit_, "QUIT", ends_group=True),
+    "VRFY": Command(vrfy, "VRFY address", ends_group=True),
+    "HELP": Command(help_, "HELP [command]"),
+}
+
+# The longest line any verb accepts: input beyond this without a newline is refused.
+MAX_LINE = max(command.max_line for command in COMMANDS.values())
+
+_HELP = {
+    verb: Reply(214, command.syntax, enhanced="2.0.0")
+    for verb, command in COMMANDS.items()
+}
+_HELP_ALL = Reply(
+    214,
+    "Commands: " + " ".join(sorted(COMMANDS)),
+    "HELP <command> shows its syntax",
+    enhanced="2.0.0",
+)

@@ -1,0 +1,240 @@
+"""The SMTP session without I/O: bytes in, replies out.
+
+The session owns the receive buffer.  Complete command lines go through the
+command table; message data is counted and thrown away as it streams, so a
+session holds at most one command line whatever a client sends.
+"""
+
+import logging
+import random
+
+from blackhole import replies
+from blackhole.commands import COMMANDS, MAX_LINE, Phase, Refusal, Reset
+
+log = logging.getLogger("blackhole")
+
+MAX_ERRORS = 10  # bad commands before 421 and close
+MAX_DATA_LINE = 1000  # octets with the line ending (RFC 5321 4.5.3.1.6)
+_END_OF_DATA = b"\r\n.\r\n"  # the only end of data (RFC 5321 4.1.1.4)
+
+
+def new_ident():
+    """A 10-hex-digit connection ID for the debug log, as 1.x wrote them."""
+    return f"{random.getrandbits(40):010X}"
+
+
+class Session:
+    """One client's SMTP state; ``receive`` returns what to send back."""
+
+    __slots__ = (
+        "settings", "policy", "ident", "phase", "extended", "smtputf8",
+        "recipients", "errors", "closing", "message_size", "_out", "_consume",
+        "_partial", "_discarding", "_tail", "_size", "_dots", "_line",
+        "_long_line", "_debug_line",
+    )
+
+    def __init__(self, settings, policy):
+        self.settings = settings
+        self.policy = policy
+        self.ident = new_ident() if settings.debug else None
+        self.phase = Phase.CONNECTED
+        self.extended = False  # EHLO rather than HELO
+        self.smtputf8 = False  # MAIL FROM carried SMTPUTF8
+        self.recipients = 0
+        self.errors = 0
+        self.closing = False  # a reply that closes the connection was given
+        self.message_size = 0  # of the last message, after dot-unstuffing
+        self._out = []
+        self._consume = self._commands
+        self._partial = b""  # a command line not yet ended
+        self._discarding = False  # skipping the rest of an overlong line
+
+    def receive(self, data):
+        """Take the bytes a client sent; return the replies owed, in order.
+
+        A number in the list is a delay in seconds to wait before the reply
+        after it.  Nothing after a closing reply is read.
+        """
+        out = self._out = []
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        pos, end = 0, len(data)
+        while pos < end and not self.closing:
+            pos = self._consume(data, pos)
+        return out
+
+    # What handlers call.
+
+    def greet(self, extended):
+        self.phase = Phase.GREETED
+        self.extended = extended
+
+    def begin_transaction(self, smtputf8):
+        self.phase = Phase.MAIL
+        self.smtputf8 = smtputf8
+        self.recipients = 0
+
+    def add_recipient(self):
+        self.phase = Phase.RCPT
+        self.recipients += 1
+
+    def start_data(self):
+        self._consume = self._data
+        self._tail = b"\r\n"  # the DATA line's own CRLF precedes the data
+        self._size = self._dots = self._line = 0
+        self._long_line = False
+        self._debug_line = b""
+
+    def renew_ident(self):
+        if self.ident:
+            new = new_ident()
+            log.debug("[%s] RSET received, changing ID to [%s]", self.ident, new)
+            self.ident = new
+
+    # Commands.
+
+    def _answer(self, reply):
+        if reply.error:
+            self.errors += 1
+            if self.errors >= MAX_ERRORS:
+                reply = replies.TOO_MANY_ERRORS
+        if self.policy.delay:
+            self._out.append(self.policy.delay)
+        self._out.append(reply)
+        if reply.closes:
+            self.closing = True
+
+    def _commands(self, data, pos):
+        end = len(data)
+        newline = data.find(b"\n", pos)
+        if self._discarding:
+            if newline < 0:
+                return end
+            self._discarding = False
+            return newline + 1
+        if newline < 0:
+            if end - pos > MAX_LINE:
+                # Answer now and drop input up to the next newline, so an
+                # endless line costs nothing (RFC 5321 4.5.3.1.4).
+                self._discarding = True
+                self._answer(replies.LINE_TOO_LONG)
+            else:
+                self._partial = data[pos:]
+            return end
+        command = self._command(data[pos:newline], newline + 1 - pos)
+        if (
+            self.ident
+            and command is not None
+            and command.ends_group
+            and newline + 1 < end
+            and self._consume == self._commands
+        ):
+            log.debug("[%s] Client pipelined past a group end (RFC 2920 3.1)",
+                      self.ident)
+        return newline + 1
+
+    def _command(self, raw, length):
+        """Answer one command line; return its table row, if it has one."""
+        try:
+            line = raw.decode().rstrip("\r ")
+        except UnicodeDecodeError:
+            line = None
+        if line is None or "\x00" in line:
+            if self.ident:
+                log.debug("[%s] RECV: %r", self.ident, raw)
+            self._answer(replies.BAD_CHARACTERS)
+            return None
+        if self.ident:
+            log.debug("[%s] RECV: %s", self.ident, line)
+        verb, _, arg = line.partition(" ")
+        command = COMMANDS.get(verb.upper())
+        if command is None:
+            reply = replies.UNKNOWN_COMMAND
+        elif length > command.max_line:
+            reply = replies.LINE_TOO_LONG
+        else:
+            reply = command.refusals.get(self.phase)
+            if reply is None:
+                try:
+                    reply = command.handler(self, arg)
+                except Refusal as refusal:
+                    reply = refusal.reply
+                if command.resets is Reset.TRANSACTION and reply.code < 400:
+                    self.phase = min(self.phase, Phase.GREETED)
+        self._answer(reply)
+        return command
+
+    # Message data, counted and discarded as it streams.
+
+    def _data(self, data, pos):
+        end = len(data)
+        tail = self._tail
+        # The end marker may straddle the previous read and this one.
+        found = (tail + data[pos : pos + 4]).find(_END_OF_DATA)
+        if found >= 0:
+            stop = pos + found + len(_END_OF_DATA) - len(tail)
+        else:
+            found = data.find(_END_OF_DATA, pos)
+            stop = end if found < 0 else found + len(_END_OF_DATA)
+        self._size += stop - pos
+        # Dot-stuffed lines (RFC 5321 4.5.2): count the dots to undo them.
+        self._dots += data.count(b"\n.", pos, stop) + (
+            tail[-1:] == b"\n" and data[pos : pos + 1] == b"."
+        )
+        if not self._long_line:
+            self._check_lines(data, pos, stop)
+        if self.ident:
+            self._log_data(data[pos:stop])
+        self._tail = data[stop - 4 : stop] if stop - pos >= 4 else (tail + data[pos:stop])[-4:]
+        if found < 0:
+            return end
+        self._end_of_data()
+        return stop
+
+    def _check_lines(self, data, pos, stop):
+        """Flag a line of more than MAX_DATA_LINE octets, without splitting lines."""
+        first = data.find(b"\n", pos, stop)
+        if first < 0:
+            self._line += stop - pos
+            self._long_line = self._line >= MAX_DATA_LINE
+            return
+        last = data.rfind(b"\n", first, stop)
+        if self._line + first - pos >= MAX_DATA_LINE or stop - last - 1 >= MAX_DATA_LINE:
+            self._long_line = True
+        self._line = stop - last - 1
+        if last - first <= MAX_DATA_LINE or self._long_line:
+            return
+        # A run of MAX_DATA_LINE octets without a newline holds a whole window
+        # of half that length starting at one of these points; look closer
+        # only where a window has no newline.
+        half = MAX_DATA_LINE // 2
+        for start in range(first + 1, last, half):
+            if data.find(b"\n", start, start + half) < 0:
+                before = data.rfind(b"\n", first, start)
+                after = data.find(b"\n", start + half, last + 1)
+                if after - before > MAX_DATA_LINE:
+                    self._long_line = True
+                    return
+
+    def _log_data(self, segment):
+        lines = (self._debug_line + segment).split(b"\n")
+        self._debug_line = lines.pop()[-MAX_DATA_LINE:]
+        for line in lines:
+            log.debug("[%s] RECV: %s", self.ident,
+                      line.rstrip(b"\r").decode("utf-8", "replace"))
+
+    def _end_of_data(self):
+        self._consume = self._commands
+        self.phase = Phase.GREETED
+        # The terminator's ".\r\n" and its one dot are not message content.
+        self.message_size = size = self._size - self._dots - 2
+        limit = self.settings.message_size_limit
+        if limit and size > limit:
+            reply = replies.SIZE_EXCEEDED
+        elif self._long_line:
+            reply = replies.DATA_LINE_TOO_LONG
+        else:
+            reply = self.policy.end_of_data()
+        self._answer(reply)
+

@@ -1,0 +1,115 @@
+"""The reply catalogue: every line blackhole sends, encoded once.
+
+Enhanced status codes follow RFC 2034/3463; they are left off the greeting,
+the HELO/EHLO replies and 3xx replies, as RFC 2034 section 3 says.  Texts are
+the 1.x ones wherever 1.x had one.
+"""
+
+# Replies that mean "your command was wrong"; enough of them end the session.
+_COMMAND_ERRORS = frozenset((500, 501, 502, 503, 504, 555))
+
+
+class Reply:
+    """One SMTP reply, single- or multi-line, with its bytes ready to write."""
+
+    __slots__ = ("code", "lines", "wire", "closes", "error")
+
+    def __init__(self, code, *lines, enhanced=None):
+        self.code = code
+        if enhanced:
+            lines = tuple(f"{enhanced} {line}" for line in lines)
+        self.lines = lines or ("",)
+        last = len(self.lines) - 1
+        self.wire = "".join(
+            f"{code}{' ' if i == last else '-'}{line}\r\n"
+            for i, line in enumerate(self.lines)
+        ).encode()
+        # RFC 5321 3.8: 421 is a promise to close; 221 answers QUIT.
+        self.closes = code in (221, 421)
+        self.error = code in _COMMAND_ERRORS
+
+    def __repr__(self):
+        return f"<Reply {self.wire!r}>"
+
+
+def greeting(mailname, version):
+    """The 220 banner, as 1.x wrote it."""
+    return Reply(220, f"{mailname} [blackhole {version}]")
+
+
+# Replies to commands that went through.
+OK = Reply(250, "OK", enhanced="2.0.0")
+SENDER_OK = Reply(250, "OK", enhanced="2.1.0")
+RECIPIENT_OK = Reply(250, "OK", enhanced="2.1.5")
+START_DATA = Reply(354, "Start mail input; end with <CRLF>.<CRLF>")
+CANNOT_VRFY = Reply(
+    252, "OK, cannot VRFY user but will attempt delivery", enhanced="2.0.0"
+)
+BYE = Reply(221, "Thank you for speaking to me", enhanced="2.0.0")
+
+# Replies to commands blackhole could not understand or take now.
+UNKNOWN_COMMAND = Reply(500, "Command not recognized", enhanced="5.5.1")
+LINE_TOO_LONG = Reply(500, "Line too long", enhanced="5.5.2")
+BAD_CHARACTERS = Reply(
+    500, "Command contains NUL or is not valid UTF-8", enhanced="5.5.2"
+)
+NO_ARGUMENTS = Reply(501, "This command takes no arguments", enhanced="5.5.4")
+SYNTAX_HELO = Reply(501, "Syntax: HELO/EHLO domain", enhanced="5.5.4")
+SYNTAX_VRFY = Reply(501, "Syntax: VRFY address", enhanced="5.5.4")
+SYNTAX_MAIL = Reply(501, "Syntax: MAIL FROM:<address> [parameters]", enhanced="5.5.4")
+SYNTAX_RCPT = Reply(501, "Syntax: RCPT TO:<address> [parameters]", enhanced="5.5.4")
+BAD_SENDER = Reply(501, "Bad sender address syntax", enhanced="5.1.7")
+BAD_RECIPIENT = Reply(501, "Bad recipient address syntax", enhanced="5.1.3")
+BAD_PARAMETER = Reply(501, "Bad parameter syntax", enhanced="5.5.4")
+UNKNOWN_PARAMETER = Reply(
+    555, "Parameter not recognized or not implemented", enhanced="5.5.4"
+)
+UTF8_NOT_DECLARED = Reply(
+    553, "Non-ASCII address needs MAIL FROM with SMTPUTF8", enhanced="5.6.7"
+)
+UNKNOWN_HELP_TOPIC = Reply(504, "No help for that topic", enhanced="5.5.1")
+NEED_HELO = Reply(503, "Send HELO or EHLO first", enhanced="5.5.1")
+NESTED_MAIL = Reply(503, "Sender already given", enhanced="5.5.1")
+NEED_MAIL = Reply(503, "Need MAIL before RCPT", enhanced="5.5.1")
+NEED_RCPT = Reply(503, "Need RCPT before DATA", enhanced="5.5.1")
+TOO_MANY_RECIPIENTS = Reply(452, "Too many recipients", enhanced="4.5.3")
+SIZE_EXCEEDED = Reply(
+    552, "Message size exceeds fixed maximum message size", enhanced="5.3.4"
+)
+DATA_LINE_TOO_LONG = Reply(
+    554, "Message has a line longer than 1000 octets", enhanced="5.6.0"
+)
+TOO_MANY_ERRORS = Reply(421, "Too many errors, closing connection", enhanced="4.7.0")
+TIMEOUT = Reply(421, "Error: timeout exceeded, closing connection", enhanced="4.4.2")
+
+# The end-of-data replies a mode can choose from, by code (texts from 1.x;
+# 431 had none and crashed 1.x, so it gets one here).
+END_OF_DATA = {
+    reply.code: reply
+    for reply in (
+        Reply(250, "OK", enhanced="2.0.0"),
+        Reply(421, "Service not available, closing transmission channel",
+              enhanced="4.3.2"),
+        Reply(431, "Not enough space on the disk", enhanced="4.3.1"),
+        Reply(450, "Requested mail action not taken: mailbox unavailable",
+              enhanced="4.2.1"),
+        Reply(451, "Requested action aborted: local error in processing",
+              enhanced="4.3.0"),
+        Reply(452, "Requested action not taken: insufficient system storage",
+              enhanced="4.3.1"),
+        Reply(454, "TLS not available due to temporary reason", enhanced="4.7.0"),
+        Reply(458, "Unable to queue message", enhanced="4.3.0"),
+        Reply(459, "Not allowed: unknown reason", enhanced="4.7.0"),
+        Reply(521, "Machine does not accept mail", enhanced="5.3.2"),
+        Reply(534, "Authentication mechanism is too weak", enhanced="5.7.9"),
+        Reply(550, "Requested action not taken: mailbox unavailable",
+              enhanced="5.2.1"),
+        Reply(551, "User not local", enhanced="5.1.6"),
+        Reply(552, "Requested mail action aborted: exceeded storage allocation",
+              enhanced="5.2.2"),
+        Reply(553, "Requested action not taken: mailbox name not allowed",
+              enhanced="5.1.3"),
+        Reply(554, "Transaction failed", enhanced="5.0.0"),
+        Reply(571, "Blocked", enhanced="5.7.1"),
+    )
+}
