@@ -25,9 +25,9 @@ async def serve(sockets, settings, policy):
 
 def run(values, settings, policy):
     """The ``run`` action: bind, log to the file and stderr, serve until stopped."""
+    sockets = server.bind(values.host, values.port)
     listener = logs.configure(values.log, values.debug, stderr=True)
     try:
-        sockets = server.bind(values.host, values.port)
         log.info("Listening on %s:%d, mode %s", values.host, values.port, policy.mode)
         asyncio.run(serve(sockets, settings, policy))
     finally:
