@@ -1,0 +1,163 @@
+"""Fixtures: a real server on a loopback port, raw and smtplib clients, the CLI as a process."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
+from tornado.netutil import bind_sockets
+from tornado.tcpclient import TCPClient
+
+from blackhole.config import Settings
+from blackhole.policy import Policy
+from blackhole.server import SMTPServer
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture
+def serve(io_loop):
+    """Start an SMTPServer on the test's IOLoop: ``serve(mode=..., delay=..., **settings)``.
+
+    Returns the port it listens on, 127.0.0.1 only.
+    """
+    servers = []
+
+    def start(mode="accept", delay=0, **settings):
+        sockets = bind_sockets(0, HOST)
+        server = SMTPServer(Settings(**settings), Policy(mode, delay))
+        server.add_sockets(sockets)
+        servers.append(server)
+        return sockets[0].getsockname()[1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def port(serve):
+    """A server with the default settings."""
+    return serve()
+
+
+def in_thread(function, *args):
+    """Run a blocking client (smtplib, plain sockets) off the server's loop."""
+    return IOLoop.current().run_in_executor(None, function, *args)
+
+
+class Client:
+    """A raw SMTP client for exact bytes: send anything, read whole replies."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.greeting = None
+
+    @classmethod
+    async def connect(cls, port):
+        client = cls(await TCPClient().connect(HOST, port))
+        client.greeting = await client.reply()
+        return client
+
+    async def send(self, data):
+        await self.stream.write(data)
+
+    async def reply(self):
+        """One reply as (code, text), the text of multi-line replies joined by newlines."""
+        lines = []
+        while True:
+            line = (await self.stream.read_until(b"\r\n")).decode()
+            lines.append(line[4:-2])
+            if line[3] == " ":
+                return int(line[:3]), "\n".join(lines)
+
+    async def replies(self, count):
+        return [await self.reply() for _ in range(count)]
+
+    async def command(self, line):
+        await self.send(line.encode() + b"\r\n")
+        return await self.reply()
+
+    async def closed(self):
+        """True once the server has closed the connection (and sent nothing more)."""
+        try:
+            await self.stream.read_bytes(1)
+        except StreamClosedError:
+            return True
+        return False
+
+    def close(self):
+        self.stream.close()
+
+
+@pytest.fixture
+def connect(port):
+    """Connect raw clients to the default server; closed after the test."""
+    clients = []
+
+    async def open_client(to_port=None):
+        client = await Client.connect(to_port or port)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def blackhole(*args, **kwargs):
+    """Run the blackhole command to completion; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "blackhole", *args],
+        capture_output=True, text=True, timeout=30, **kwargs,
+    )
+
+
+def wait_for_port(port, process, seconds=15):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"blackhole exited early: {process.communicate()}")
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {port} after {seconds}s")
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """Start ``blackhole ... run`` as a real process: ``daemon(*options)`` -> (process, port).
+
+    Every process started is ended by its PID after the test.
+    """
+    processes = []
+
+    def start(*options, port=None):
+        port = port or free_port()
+        args = [f"--host={HOST}", f"--port={port}", f"--log={tmp_path / 'blackhole.log'}"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "blackhole", *args, *options, "run"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        processes.append(process)
+        wait_for_port(port, process)
+        return process, port
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=10)

@@ -1,0 +1,64 @@
+"""RFC 2920 over loopback: a batch of commands is answered in order, in one write."""
+
+import pytest
+from tornado.iostream import IOStream
+
+
+@pytest.fixture
+def server_writes(monkeypatch):
+    """Every write of SMTP replies (bytes starting with a reply code), as written."""
+    writes = []
+    original = IOStream.write
+
+    def recording(stream, data):
+        if bytes(data[:3]).isdigit():
+            writes.append(bytes(data))
+        return original(stream, data)
+
+    monkeypatch.setattr(IOStream, "write", recording)
+    return writes
+
+
+@pytest.mark.gen_test
+async def test_a_batch_is_answered_in_order_in_one_write(connect, server_writes):
+    client = await connect()
+    await client.command("EHLO client.example")
+    server_writes.clear()
+    await client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                      b"RCPT TO:<>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n")
+    assert await client.replies(5) == [
+        (250, "2.1.0 OK"), (250, "2.1.5 OK"), (501, "5.1.3 Bad recipient address syntax"),
+        (250, "2.1.5 OK"), (354, "Start mail input; end with <CRLF>.<CRLF>"),
+    ]
+    assert len(server_writes) == 1
+
+
+@pytest.mark.gen_test
+async def test_data_end_and_the_next_transaction_in_one_batch(connect, server_writes):
+    client = await connect()
+    await client.command("EHLO client.example")
+    await client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    await client.replies(3)
+    server_writes.clear()
+    await client.send(b"one\r\n.\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                      b"DATA\r\n")
+    assert [code for code, _ in await client.replies(4)] == [250, 250, 250, 354]
+    assert len(server_writes) == 1
+
+
+@pytest.mark.gen_test
+async def test_a_hundred_pipelined_commands_all_get_answers(connect):
+    client = await connect()
+    await client.send(b"".join(b"NOOP %d\r\n" % n for n in range(99)) + b"QUIT\r\n")
+    replies = await client.replies(100)
+    assert replies[:99] == [(250, "2.0.0 OK")] * 99
+    assert replies[99][0] == 221
+    assert await client.closed()
+
+
+@pytest.mark.gen_test
+async def test_nothing_after_quit_is_executed(connect):
+    client = await connect()
+    await client.send(b"QUIT\r\nNOOP\r\nNOOP\r\n")
+    assert (await client.reply())[0] == 221
+    assert await client.closed()
