@@ -5,7 +5,8 @@ session checks the row's rules (phase, line length) before calling it.
 """
 
 import enum
-from typing import Callable, NamedTuple
+from types import MappingProxyType
+from typing import Callable, Mapping, NamedTuple
 
 from blackhole import replies, syntax
 from blackhole.replies import Reply
@@ -18,13 +19,6 @@ class Phase(enum.IntEnum):
     GREETED = 1  # no mail transaction
     MAIL = 2  # sender given
     RCPT = 3  # at least one recipient accepted
-
-
-class Reset(enum.IntEnum):
-    """What a command clears when it succeeds."""
-
-    NOTHING = 0
-    TRANSACTION = 1  # RFC 5321 4.1.1.1 and 4.1.1.5: back to GREETED
 
 
 class Refusal(Exception):
@@ -40,9 +34,9 @@ class Command(NamedTuple):
 
     handler: Callable[..., Reply]
     syntax: str  # what HELP shows
-    refusals: dict = {}  # Phase -> the 503 to give there; allowed elsewhere
+    refusals: Mapping = MappingProxyType({})  # Phase -> the 503 to give there
     ends_group: bool = False  # RFC 2920 3.1: the client must wait for the reply
-    resets: Reset = Reset.NOTHING
+    resets: bool = False  # success ends any transaction (RFC 5321 4.1.1.1, 4.1.1.5)
     max_line: int = 512  # octets with CRLF (RFC 5321 4.5.3.1.4, plus allowances)
 
 
@@ -230,11 +224,10 @@ def help_(session, arg):
     return _HELP.get(arg.upper(), replies.UNKNOWN_HELP_TOPIC)
 
 
-_NEED_MAIL = {Phase.CONNECTED: replies.NEED_MAIL, Phase.GREETED: replies.NEED_MAIL}
 
 COMMANDS = {
-    "HELO": Command(helo, "HELO domain", resets=Reset.TRANSACTION),
-    "EHLO": Command(ehlo, "EHLO domain", ends_group=True, resets=Reset.TRANSACTION),
+    "HELO": Command(helo, "HELO domain", resets=True),
+    "EHLO": Command(ehlo, "EHLO domain", ends_group=True, resets=True),
     "MAIL": Command(
         mail,
         "MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]"
@@ -247,12 +240,15 @@ COMMANDS = {
     "RCPT": Command(
         rcpt,
         "RCPT TO:<address> [NOTIFY=NEVER|SUCCESS,FAILURE,DELAY] [ORCPT=type;address]",
-        refusals=_NEED_MAIL,
+        refusals={Phase.CONNECTED: replies.RCPT_NEEDS_MAIL,
+                  Phase.GREETED: replies.RCPT_NEEDS_MAIL},
         max_line=512 + 10 + 500,  # RFC 6531 +10, RFC 3461 +500
     ),
-    "DATA": Command(data, "DATA", refusals={**_NEED_MAIL, Phase.MAIL: replies.NEED_RCPT},
+    "DATA": Command(data, "DATA", refusals={Phase.CONNECTED: replies.DATA_NEEDS_MAIL,
+                                            Phase.GREETED: replies.DATA_NEEDS_MAIL,
+                                            Phase.MAIL: replies.DATA_NEEDS_RCPT},
                     ends_group=True),
-    "RSET": Command(rset, "RSET", resets=Reset.TRANSACTION),
+    "RSET": Command(rset, "RSET", resets=True),
     "NOOP": Command(noop, "NOOP [text]", ends_group=True),
     "QUIT": Command(quit_, "QUIT", ends_group=True),
     "VRFY": Command(vrfy, "VRFY address", ends_group=True),

@@ -22,7 +22,7 @@ class MailState:
     """Serve one SMTP connection: greet, read, answer in batches, time out."""
 
     __slots__ = ("stream", "address", "settings", "session", "_loop",
-                 "_idle_since", "_timer")
+                 "_idle_since", "_timer", "_reading", "_stopping")
 
     def __init__(self, stream, address, settings, policy):
         self.stream = stream
@@ -30,8 +30,13 @@ class MailState:
         self.settings = settings
         self.session = Session(settings, policy)
         self._loop = None
-        self._idle_since = None  # when we began waiting on the client, else None
+        # Since when the client has been keeping us waiting, or None while we
+        # work: only a whole command, message data, or reading our replies
+        # counts as the client doing something (RFC 5321 4.5.3.2).
+        self._idle_since = None
         self._timer = None
+        self._reading = False
+        self._stopping = False
 
     async def serve(self):
         session = self.session
@@ -43,12 +48,22 @@ class MailState:
             self.stream.set_nodelay(True)
             await self._write([self.settings.greeting.wire])
             while not session.closing:
-                self._idle_since = loop.time()
-                data = await self.stream.read_bytes(READ_SIZE, partial=True)
-                self._idle_since = None
+                if session.backlog:
+                    data = b""
+                else:
+                    if self._idle_since is None:
+                        self._idle_since = loop.time()
+                    self._reading = True
+                    data = await self.stream.read_bytes(READ_SIZE, partial=True)
+                    self._reading = False
                 out = session.receive(data)
+                if out or session.in_data:
+                    self._idle_since = None
                 if out:
                     await self._send(out)
+                if self._stopping and not session.in_data and not session.closing:
+                    self._close_with(replies.SHUTTING_DOWN)
+                    break
         except StreamClosedError:
             pass  # the client went away, or the idle timer closed the stream
         except Exception:
@@ -84,6 +99,12 @@ class MailState:
             await future
             self._idle_since = None
 
+    def shutdown(self):
+        """The server is stopping: 421 now if waiting for a command, else after this exchange."""
+        self._stopping = True
+        if self._reading and not self.session.in_data:
+            self._close_with(replies.SHUTTING_DOWN)
+
     def _check_idle(self):
         """The idle timer: rearm while the client is active, else 421 and close."""
         timeout = self.settings.timeout
@@ -93,10 +114,14 @@ class MailState:
             wait = timeout if since is None else since + timeout - now
             self._timer = self._loop.call_later(wait, self._check_idle)
             return
+        self._close_with(replies.TIMEOUT)
+
+    def _close_with(self, reply):
+        """Say a last 421 and close; the read loop ends on the closed stream."""
         if self.session.ident:
-            self._log_sent([replies.TIMEOUT.wire])
+            self._log_sent([reply.wire])
         try:
-            self.stream.write(replies.TIMEOUT.wire)
+            self.stream.write(reply.wire)
         except StreamClosedError:
             pass  # gone already; closing below is all that is left to do
         self.stream.close()

@@ -41,7 +41,9 @@ OPTIONS = (
     ("Logging", "debug", bool, False, "log every line received and sent"),
 )
 _METAVARS = {str: "TEXT", int: "N", bool: "BOOL"}
+_KINDS = {str: "a string", int: "an integer", bool: "True or False"}
 TYPES = {name: kind for _, name, kind, _, _ in OPTIONS}
+_OPTIONAL = {name for _, name, _, default, _ in OPTIONS if default is None}
 _RANGES = {
     "port": (1, 65535), "ssl_port": (1, 65535), "timeout": (1, None),
     "delay": (0, None), "message_size_limit": (0, None),
@@ -61,9 +63,8 @@ def _set(parser, name, text, source):
     try:
         parser.parse_command_line(["blackhole", f"--{name}={text}"], final=False)
     except (TornadoOptionError, ValueError):
-        kind = TYPES[name].__name__
         raise BlackholeError(
-            f"Invalid value for {name}{source}: '{text}' is not a valid {kind}"
+            f"Invalid value for {name}{source}: '{text}' is not {_KINDS[TYPES[name]]}"
         ) from None
 
 
@@ -102,20 +103,15 @@ def apply_config(parser, path):
         kind = TYPES[name]
         if isinstance(value, str) and kind is not str:
             _set(parser, name, value, source)
-        elif value is None or (isinstance(value, kind) and
-                               (kind is bool or not isinstance(value, bool))):
+        elif (value is None and name in _OPTIONAL) or (
+            isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        ):
             setattr(parser, name, value)
         else:
-            raise BlackholeError(
-                f"Option {name}{source} must be a {kind.__name__}, not {value!r}"
-            )
+            raise BlackholeError(f"Option {name}{source} must be {_KINDS[kind]}, not {value!r}")
 
 
 def _validate(parser):
-    if parser.mode not in MODES:
-        raise BlackholeError(
-            f"Unknown mode '{parser.mode}': choose one of {', '.join(MODES)}"
-        )
     for name, (low, high) in _RANGES.items():
         value = parser[name]
         if value < low or (high is not None and value > high):
@@ -140,6 +136,10 @@ def parse(args):
 
 def settings(values):
     """The Settings and Policy a server runs with, from parsed options."""
+    try:
+        policy = Policy(values.mode, values.delay)
+    except ValueError as error:
+        raise BlackholeError(str(error)) from None
     return (
         Settings(
             message_size_limit=values.message_size_limit,
@@ -147,7 +147,7 @@ def settings(values):
             timeout=values.timeout,
             debug=values.debug,
         ),
-        Policy(values.mode, values.delay),
+        policy,
     )
 
 

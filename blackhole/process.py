@@ -9,6 +9,8 @@ from blackhole import server
 
 log = logging.getLogger("blackhole")
 
+GRACE = 10  # seconds sessions in flight get to finish after a stop signal
+
 
 async def serve(sockets, settings, policy):
     """Serve on the bound sockets until a stop signal arrives."""
@@ -20,11 +22,12 @@ async def serve(sockets, settings, policy):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("Stopping")
-    smtp.stop()
+    await smtp.drain(GRACE)
 
 
 def run(values, settings, policy):
     """The ``run`` action: bind, log to the file and stderr, serve until stopped."""
+    server.raise_file_limit()
     sockets = server.bind(values.host, values.port)
     listener = logs.configure(values.log, values.debug, stderr=True)
     try:

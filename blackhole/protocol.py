@@ -9,11 +9,12 @@ import logging
 import random
 
 from blackhole import replies
-from blackhole.commands import COMMANDS, MAX_LINE, Phase, Refusal, Reset
+from blackhole.commands import COMMANDS, MAX_LINE, Phase, Refusal
 
 log = logging.getLogger("blackhole")
 
 MAX_ERRORS = 10  # bad commands before 421 and close
+MAX_BATCH = 256  # replies owed at once; the rest of the input waits its turn
 MAX_DATA_LINE = 1000  # octets with the line ending (RFC 5321 4.5.3.1.6)
 _END_OF_DATA = b"\r\n.\r\n"  # the only end of data (RFC 5321 4.1.1.4)
 
@@ -28,9 +29,9 @@ class Session:
 
     __slots__ = (
         "settings", "policy", "ident", "phase", "extended", "smtputf8",
-        "recipients", "errors", "closing", "message_size", "_out", "_consume",
-        "_partial", "_discarding", "_tail", "_size", "_dots", "_line",
-        "_long_line", "_debug_line",
+        "recipients", "errors", "closing", "in_data", "backlog", "message_size",
+        "_out", "_consume", "_unread", "_discarding", "_tail", "_size", "_dots",
+        "_line", "_long_line", "_debug_line",
     )
 
     def __init__(self, settings, policy):
@@ -43,25 +44,33 @@ class Session:
         self.recipients = 0
         self.errors = 0
         self.closing = False  # a reply that closes the connection was given
+        self.in_data = False  # between DATA's 354 and the end of the data
+        self.backlog = False  # input is left over: call receive(b"") before reading
         self.message_size = 0  # of the last message, after dot-unstuffing
         self._out = []
         self._consume = self._commands
-        self._partial = b""  # a command line not yet ended
+        self._unread = b""  # a command line not yet ended, or a batch's leftover
         self._discarding = False  # skipping the rest of an overlong line
 
     def receive(self, data):
         """Take the bytes a client sent; return the replies owed, in order.
 
         A number in the list is a delay in seconds to wait before the reply
-        after it.  Nothing after a closing reply is read.
+        after it.  Nothing after a closing reply is read.  At most MAX_BATCH
+        replies come back at once, so a client that pipelines without reading
+        cannot make replies pile up: ``backlog`` then says to send these and
+        call again with ``b""`` before reading more.
         """
         out = self._out = []
-        if self._partial:
-            data = self._partial + data
-            self._partial = b""
+        if self._unread:
+            data = self._unread + data
+            self._unread = b""
         pos, end = 0, len(data)
-        while pos < end and not self.closing:
+        while pos < end and not self.closing and len(out) < MAX_BATCH:
             pos = self._consume(data, pos)
+        self.backlog = pos < end and not self.closing
+        if self.backlog:
+            self._unread = data[pos:]
         return out
 
     # What handlers call.
@@ -80,6 +89,7 @@ class Session:
         self.recipients += 1
 
     def start_data(self):
+        self.in_data = True
         self._consume = self._data
         self._tail = b"\r\n"  # the DATA line's own CRLF precedes the data
         self._size = self._dots = self._line = 0
@@ -120,7 +130,7 @@ class Session:
                 self._discarding = True
                 self._answer(replies.LINE_TOO_LONG)
             else:
-                self._partial = data[pos:]
+                self._unread = data[pos:]
             return end
         command = self._command(data[pos:newline], newline + 1 - pos)
         if (
@@ -128,7 +138,7 @@ class Session:
             and command is not None
             and command.ends_group
             and newline + 1 < end
-            and self._consume == self._commands
+            and not self.in_data
         ):
             log.debug("[%s] Client pipelined past a group end (RFC 2920 3.1)",
                       self.ident)
@@ -136,6 +146,12 @@ class Session:
 
     def _command(self, raw, length):
         """Answer one command line; return its table row, if it has one."""
+        if length > MAX_LINE:
+            # Too long for any verb, whatever it holds and however it arrived.
+            if self.ident:
+                log.debug("[%s] RECV: %r...", self.ident, raw[:80])
+            self._answer(replies.LINE_TOO_LONG)
+            return None
         try:
             line = raw.decode().rstrip("\r ")
         except UnicodeDecodeError:
@@ -148,7 +164,8 @@ class Session:
         if self.ident:
             log.debug("[%s] RECV: %s", self.ident, line)
         verb, _, arg = line.partition(" ")
-        command = COMMANDS.get(verb.upper())
+        # isascii: str.upper() would turn "QUıT" into "QUIT".
+        command = COMMANDS.get(verb.upper()) if verb.isascii() else None
         if command is None:
             reply = replies.UNKNOWN_COMMAND
         elif length > command.max_line:
@@ -160,7 +177,7 @@ class Session:
                     reply = command.handler(self, arg)
                 except Refusal as refusal:
                     reply = refusal.reply
-                if command.resets is Reset.TRANSACTION and reply.code < 400:
+                if command.resets and reply.code < 400:
                     self.phase = min(self.phase, Phase.GREETED)
         self._answer(reply)
         return command
@@ -178,9 +195,10 @@ class Session:
             found = data.find(_END_OF_DATA, pos)
             stop = end if found < 0 else found + len(_END_OF_DATA)
         self._size += stop - pos
-        # Dot-stuffed lines (RFC 5321 4.5.2): count the dots to undo them.
-        self._dots += data.count(b"\n.", pos, stop) + (
-            tail[-1:] == b"\n" and data[pos : pos + 1] == b"."
+        # Dot-stuffed lines (RFC 5321 4.5.2): count the dots to undo them.  A
+        # line ends with CRLF; a dot after a bare LF is content.
+        self._dots += data.count(b"\r\n.", pos, stop) + (
+            (tail[-2:] + data[pos : pos + 2]).find(b"\r\n.") in (0, 1)
         )
         if not self._long_line:
             self._check_lines(data, pos, stop)
@@ -225,6 +243,7 @@ class Session:
                       line.rstrip(b"\r").decode("utf-8", "replace"))
 
     def _end_of_data(self):
+        self.in_data = False
         self._consume = self._commands
         self.phase = Phase.GREETED
         # The terminator's ".\r\n" and its one dot are not message content.

@@ -70,8 +70,9 @@ UTF8_NOT_DECLARED = Reply(
 UNKNOWN_HELP_TOPIC = Reply(504, "No help for that topic", enhanced="5.5.1")
 NEED_HELO = Reply(503, "Send HELO or EHLO first", enhanced="5.5.1")
 NESTED_MAIL = Reply(503, "Sender already given", enhanced="5.5.1")
-NEED_MAIL = Reply(503, "Need MAIL before RCPT", enhanced="5.5.1")
-NEED_RCPT = Reply(503, "Need RCPT before DATA", enhanced="5.5.1")
+RCPT_NEEDS_MAIL = Reply(503, "Need MAIL before RCPT", enhanced="5.5.1")
+DATA_NEEDS_MAIL = Reply(503, "Need MAIL before DATA", enhanced="5.5.1")
+DATA_NEEDS_RCPT = Reply(503, "Need RCPT before DATA", enhanced="5.5.1")
 TOO_MANY_RECIPIENTS = Reply(452, "Too many recipients", enhanced="4.5.3")
 SIZE_EXCEEDED = Reply(
     552, "Message size exceeds fixed maximum message size", enhanced="5.3.4"
@@ -81,13 +82,16 @@ DATA_LINE_TOO_LONG = Reply(
 )
 TOO_MANY_ERRORS = Reply(421, "Too many errors, closing connection", enhanced="4.7.0")
 TIMEOUT = Reply(421, "Error: timeout exceeded, closing connection", enhanced="4.4.2")
+TOO_MANY_CONNECTIONS = Reply(421, "Too many connections, try again later",
+                             enhanced="4.3.2")
+SHUTTING_DOWN = Reply(421, "Shutting down, try again later", enhanced="4.3.2")
 
 # The end-of-data replies a mode can choose from, by code (texts from 1.x;
 # 431 had none and crashed 1.x, so it gets one here).
 END_OF_DATA = {
     reply.code: reply
     for reply in (
-        Reply(250, "OK", enhanced="2.0.0"),
+        OK,
         Reply(421, "Service not available, closing transmission channel",
               enhanced="4.3.2"),
         Reply(431, "Not enough space on the disk", enhanced="4.3.1"),

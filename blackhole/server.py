@@ -1,15 +1,19 @@
 """The listeners: sockets bound at startup and the TCPServer that serves them."""
 
+import asyncio
 import errno
+import resource
 import socket
 
 from tornado.netutil import bind_sockets
 from tornado.tcpserver import TCPServer
 
+from blackhole import replies
 from blackhole.errors import BlackholeError
 from blackhole.mailstate import MailState
 
 BACKLOG = 1024  # pending connections per listener; load tests open them in bursts
+SPARE_FILES = 64  # descriptors kept free for logs and listeners
 
 
 def bind(host, port):
@@ -17,7 +21,7 @@ def bind(host, port):
     where = f"{host}:{port}"
     try:
         return bind_sockets(port, address=host or None, backlog=BACKLOG)
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeError):
         raise BlackholeError(f"Cannot resolve host '{host}'") from None
     except PermissionError:
         raise BlackholeError(f"Permission denied, could not bind to {where}") from None
@@ -31,13 +35,46 @@ def bind(host, port):
         raise BlackholeError(f"{reason}, could not bind to {where}") from None
 
 
+def raise_file_limit():
+    """Allow as many open connections as the hard limit on descriptors does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 class SMTPServer(TCPServer):
     """Hands every accepted connection to a MailState of its own."""
 
-    def __init__(self, settings, policy, **kwargs):
+    def __init__(self, settings, policy, max_connections=None, **kwargs):
         super().__init__(**kwargs)
         self.settings = settings
         self.policy = policy
+        self.sessions = set()
+        # Refuse connections with 421 before the process runs out of
+        # descriptors, where accept() would fail in a loop.
+        self.max_connections = max_connections or (
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0] - SPARE_FILES
+        )
 
     async def handle_stream(self, stream, address):
-        await MailState(stream, address, self.settings, self.policy).serve()
+        if len(self.sessions) >= self.max_connections:
+            stream.write(replies.TOO_MANY_CONNECTIONS.wire)
+            stream.close()
+            return
+        state = MailState(stream, address, self.settings, self.policy)
+        self.sessions.add(state)
+        try:
+            await state.serve()
+        finally:
+            self.sessions.discard(state)
+
+    async def drain(self, grace):
+        """Stop listening; end each session at its next command, within ``grace`` seconds."""
+        self.stop()
+        for state in list(self.sessions):
+            state.shutdown()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.sessions and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for state in list(self.sessions):
+            state.stream.close()

@@ -28,9 +28,9 @@ def serve(io_loop):
     """
     servers = []
 
-    def start(mode="accept", delay=0, **settings):
+    def start(mode="accept", delay=0, max_connections=None, **settings):
         sockets = bind_sockets(0, HOST)
-        server = SMTPServer(Settings(**settings), Policy(mode, delay))
+        server = SMTPServer(Settings(**settings), Policy(mode, delay), max_connections)
         server.add_sockets(sockets)
         servers.append(server)
         return sockets[0].getsockname()[1]
@@ -81,6 +81,18 @@ class Client:
 
     async def command(self, line):
         await self.send(line.encode() + b"\r\n")
+        return await self.reply()
+
+    async def start_data(self):
+        """MAIL, RCPT and DATA for one message; the server must answer 354."""
+        for line in ("MAIL FROM:<a@example.com>", "RCPT TO:<b@example.com>"):
+            await self.command(line)
+        assert (await self.command("DATA"))[0] == 354
+
+    async def message(self, body):
+        """Send one whole message (body ending in CRLF.CRLF); return the end-of-data reply."""
+        await self.start_data()
+        await self.send(body)
         return await self.reply()
 
     async def closed(self):

@@ -48,7 +48,8 @@ def test_missing_or_unknown_action_prints_usage_and_exits_2(args, message):
 
 @pytest.mark.parametrize("args, message", [
     (["--bogus=1"], "blackhole: Unknown option '--bogus' (see --help)"),
-    (["--port=abc"], "blackhole: Invalid value for port: 'abc' is not a valid int"),
+    (["--port=abc"], "blackhole: Invalid value for port: 'abc' is not an integer"),
+    ([f"--host={'a' * 70}"], f"blackhole: Cannot resolve host '{'a' * 70}'"),
     (["--port"], "blackhole: Option --port needs a value: --port=..."),
     (["--port", "2525"], "blackhole: Option --port needs a value: --port=..."),
     (["--port=70000"], "blackhole: Option port must be between 1 and 65535, not 70000"),
@@ -93,9 +94,11 @@ def test_permission_denied_on_bind_is_one_line(monkeypatch, capsys):
 
 @pytest.mark.parametrize("conf, message", [
     ("port=25\nbogus=1\n", "Unknown option 'bogus' in config file '{path}'"),
-    ("port='abc'\n", "Invalid value for port in config file '{path}': 'abc' is not a valid int"),
-    ("port=25.5\n", "Option port in config file '{path}' must be a int, not 25.5"),
-    ("ssl=1\n", "Option ssl in config file '{path}' must be a bool, not 1"),
+    ("port='abc'\n", "Invalid value for port in config file '{path}': 'abc' is not an integer"),
+    ("port=25.5\n", "Option port in config file '{path}' must be an integer, not 25.5"),
+    ("port=None\n", "Option port in config file '{path}' must be an integer, not None"),
+    ("log=None\n", "Option log in config file '{path}' must be a string, not None"),
+    ("ssl=1\n", "Option ssl in config file '{path}' must be True or False, not 1"),
     ("port = = 1\n", "Config file {path}, line 1: invalid syntax"),
 ])
 def test_bad_config_files_get_one_line(tmp_path, conf, message):

@@ -10,9 +10,7 @@ from tests.conftest import HOST, in_thread
 
 async def transaction(client):
     await client.command("EHLO client.example")
-    await client.command("MAIL FROM:<a@example.com>")
-    await client.command("RCPT TO:<b@example.com>")
-    assert (await client.command("DATA"))[0] == 354
+    await client.start_data()
 
 
 @pytest.mark.gen_test
@@ -37,11 +35,8 @@ async def test_empty_message_and_bare_lf_lines_are_accepted(connect):
     await transaction(client)
     await client.send(b".\r\n")
     assert await client.reply() == (250, "2.0.0 OK")
-    await client.command("MAIL FROM:<a@example.com>")
-    await client.command("RCPT TO:<b@example.com>")
-    await client.command("DATA")
-    await client.send(b"Subject: lf\n\nline one\nline two\n\r\n.\r\n")
-    assert await client.reply() == (250, "2.0.0 OK")
+    assert await client.message(b"Subject: lf\n\nline one\nline two\n\r\n.\r\n") == (
+        250, "2.0.0 OK")
 
 
 @pytest.mark.gen_test
@@ -73,11 +68,7 @@ async def test_oversized_message_leaves_the_session_usable(serve, connect):
     await transaction(client)
     await client.send(b"x" * 900 + b"\r\n" + b"y" * 900 + b"\r\n.\r\n")
     assert (await client.reply())[0] == 552
-    await client.command("MAIL FROM:<a@example.com>")
-    await client.command("RCPT TO:<b@example.com>")
-    await client.command("DATA")
-    await client.send(b"small\r\n.\r\n")
-    assert await client.reply() == (250, "2.0.0 OK")
+    assert await client.message(b"small\r\n.\r\n") == (250, "2.0.0 OK")
 
 
 @pytest.mark.gen_test

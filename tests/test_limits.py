@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import HOST, in_thread
+from tests.conftest import HOST, Client, in_thread
 
 
 @pytest.mark.gen_test
@@ -34,19 +34,20 @@ async def test_mail_and_rcpt_get_the_extension_allowances(connect):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_an_endless_line_is_answered_and_bothers_no_one_else(connect):
-    flooder = await connect()
-    await flooder.send(b"X" * (1024 * 1024))  # 1 MiB, no newline
-    assert await flooder.reply() == (500, "5.5.2 Line too long")
+    flooder, other = await connect(), await connect()
 
-    # Meanwhile another client goes through a whole transaction.
-    other = await connect()
-    await other.command("EHLO other.example")
-    await other.command("MAIL FROM:<a@example.com>")
-    await other.command("RCPT TO:<b@example.com>")
-    await other.command("DATA")
-    await other.send(b"hello\r\n.\r\n")
-    assert await other.reply() == (250, "2.0.0 OK")
+    async def flood():
+        for _ in range(16):  # 16 MiB, no newline
+            await flooder.send(b"X" * (1024 * 1024))
+        return await flooder.reply()
 
+    async def transaction():
+        await other.command("EHLO other.example")
+        return await other.message(b"hello\r\n.\r\n")
+
+    flooded, accepted = await asyncio.gather(flood(), transaction())
+    assert flooded == (500, "5.5.2 Line too long")
+    assert accepted == (250, "2.0.0 OK")
     # The flooder's line is dropped up to its newline, then it is heard again.
     await flooder.send(b"Y" * (1024 * 1024) + b"\r\n")
     assert await flooder.command("NOOP") == (250, "2.0.0 OK")
@@ -123,8 +124,60 @@ async def test_active_client_is_not_timed_out(serve):
 
 
 @pytest.mark.gen_test(timeout=20)
-async def test_a_client_that_stops_mid_line_times_out_too(serve, connect):
+async def test_a_byte_at_a_time_does_not_hold_off_the_timeout(serve, connect):
+    """Slowloris: only whole commands count as activity, so the clock is not reset."""
     client = await connect(serve(timeout=1))
-    await client.send(b"NOOP half a comm")
-    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    for byte in b"NOOP":  # one byte every 0.25 s, the last at 0.75 s
+        await client.send(bytes([byte]))
+        await asyncio.sleep(0.25)
     assert (await client.reply())[0] == 421
+    assert time.monotonic() - started < 1.5  # a reset clock would wait until 1.75 s
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("verb", ["QUıT", "RſET", "ＮＯＯＰ"])
+async def test_non_ascii_lookalike_verbs_are_unknown(connect, verb):
+    client = await connect()
+    assert await client.command(verb) == (500, "5.5.1 Command not recognized")
+    assert (await client.command("NOOP"))[0] == 250
+
+
+@pytest.mark.gen_test
+async def test_connections_over_the_cap_get_421(serve, connect):
+    port = serve(max_connections=2)
+    first, second = await connect(port), await connect(port)
+    refused = await Client.connect(port)
+    assert refused.greeting == (421, "4.3.2 Too many connections, try again later")
+    assert await refused.closed()
+    assert (await first.command("NOOP"))[0] == 250
+    await second.command("QUIT")
+    await second.closed()
+    await asyncio.sleep(0.1)
+    assert (await connect(port)).greeting[0] == 220
+
+
+def test_a_client_that_never_reads_cannot_pile_up_replies(daemon):
+    """Pipelined HELPs from clients that never read: replies wait, memory does not grow."""
+    import socket
+    from tests.test_data import rss_kib
+
+    process, port = daemon()
+    before = rss_kib(process.pid)
+    flood = b"HELP\r\n" * (1024 * 1024 // 6)  # ~175,000 commands, ~17 MB of replies
+    floods = [socket.create_connection((HOST, port)) for _ in range(10)]
+    try:
+        for sock in floods:
+            sock.settimeout(0.5)
+            try:
+                sock.sendall(flood)
+            except TimeoutError:
+                pass  # the server stopped reading: that is the point
+        time.sleep(0.5)
+        grown = rss_kib(process.pid) - before
+        with smtplib.SMTP(HOST, port, timeout=5) as smtp:
+            assert smtp.noop()[0] == 250
+    finally:
+        for sock in floods:
+            sock.close()
+    assert grown < 20 * 1024, f"server grew by {grown} KiB"

@@ -10,10 +10,7 @@ from blackhole.replies import END_OF_DATA
 
 
 async def send_message(client):
-    for line in ("MAIL FROM:<a@example.com>", "RCPT TO:<b@example.com>", "DATA"):
-        await client.command(line)
-    await client.send(b"Subject: mode\r\n\r\nbody\r\n.\r\n")
-    return await client.reply()
+    return await client.message(b"Subject: mode\r\n\r\nbody\r\n.\r\n")
 
 
 async def answers(connect, port, count):

@@ -36,8 +36,8 @@ def every_split(data):
     (b".\r\n", 0),
     (b"a\r\n.\r\n", 3),
     (b"..\r\n.\r\n", 3),
-    (b"x\r\n..y\r\n\n.\n\r.\r\n.\r\n", 13),
-    (b"x\n.\r\n\r\n.\r\n", 6),
+    (b"x\r\n..y\r\n\n.\n\r.\r\n.\r\n", 14),  # no unstuffing after a bare LF
+    (b"x\n.\r\n\r\n.\r\n", 7),
 ])
 def test_end_of_data_and_size_do_not_depend_on_where_reads_end(body, size):
     expected = [250, 250, 250, 354, 250, 250]
@@ -77,3 +77,13 @@ def test_delay_is_a_number_before_each_reply():
     session = Session(SETTINGS, Policy(delay=2))
     out = session.receive(b"NOOP\r\nNOOP\r\n")
     assert [item if isinstance(item, int) else item.code for item in out] == [2, 250, 2, 250]
+
+
+@pytest.mark.parametrize("line", [b"NOOP " + b"x" * 1100, b"X" * 2000, b"\xff" * 1500,
+                                  b"NOOP " + b"x" * 600])
+def test_overlong_command_lines_get_the_same_answer_however_they_arrive(line):
+    data = line + b"\r\nNOOP\r\n"
+    for chunks in every_split(data):
+        codes, session = feed(chunks)
+        assert codes == [500, 250], chunks
+        assert session.errors == 1
