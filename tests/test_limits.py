@@ -158,14 +158,14 @@ async def test_connections_over_the_cap_get_421(serve, connect):
 
 
 def test_a_client_that_never_reads_cannot_pile_up_replies(daemon):
-    """Pipelined HELPs from clients that never read: replies wait, memory does not grow."""
+    """Pipelined HELPs from 20 clients that never read: replies wait, memory does not grow."""
     import socket
     from tests.test_data import rss_kib
 
     process, port = daemon()
     before = rss_kib(process.pid)
     flood = b"HELP\r\n" * (1024 * 1024 // 6)  # ~175,000 commands, ~17 MB of replies
-    floods = [socket.create_connection((HOST, port)) for _ in range(10)]
+    floods = [socket.create_connection((HOST, port)) for _ in range(20)]
     try:
         for sock in floods:
             sock.settimeout(0.5)
@@ -180,4 +180,5 @@ def test_a_client_that_never_reads_cannot_pile_up_replies(daemon):
     finally:
         for sock in floods:
             sock.close()
-    assert grown < 20 * 1024, f"server grew by {grown} KiB"
+    # Uncapped, each client's 64 KiB read turned into ~1 MiB of replies.
+    assert grown < 5 * 1024, f"server grew by {grown} KiB"
