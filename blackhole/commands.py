@@ -40,13 +40,14 @@ class Command(NamedTuple):
     max_line: int = 512  # octets with CRLF (RFC 5321 4.5.3.1.4, plus allowances)
 
 
-def ehlo_keywords(settings):
-    """The extensions EHLO advertises."""
+def ehlo_keywords(settings, starttls):
+    """The extensions EHLO advertises; STARTTLS only where it can be used."""
     return (
         "PIPELINING",
         f"SIZE {settings.message_size_limit}",
         "8BITMIME",
         "SMTPUTF8",
+        *(("STARTTLS",) if starttls else ()),
         "ENHANCEDSTATUSCODES",
         "VRFY",
         "DSN",
@@ -77,7 +78,8 @@ def ehlo(session, arg):
     if not syntax.is_helo_domain(arg):
         return replies.SYNTAX_HELO
     session.greet(extended=True)
-    return session.settings.ehlo
+    settings = session.settings
+    return settings.ehlo_starttls if session.starttls_offered else settings.ehlo
 
 
 def _envelope(session, arg, keyword, errors, checks):
@@ -217,6 +219,18 @@ def vrfy(session, arg):
     return replies.CANNOT_VRFY if arg else replies.SYNTAX_VRFY
 
 
+def starttls(session, arg):
+    """RFC 3207 4: the TLS switch itself is MailState's, once this reply is out."""
+    if arg:
+        return replies.SYNTAX_STARTTLS
+    if session.secure:
+        return replies.TLS_ACTIVE
+    if not session.starttls_offered:
+        return replies.TLS_UNAVAILABLE
+    session.begin_tls()
+    return replies.READY_FOR_TLS
+
+
 def help_(session, arg):
     """RFC 5321 4.1.1.8: the verbs, or one verb's syntax."""
     if not arg:
@@ -253,6 +267,12 @@ COMMANDS = {
     "QUIT": Command(quit_, "QUIT", ends_group=True),
     "VRFY": Command(vrfy, "VRFY address", ends_group=True),
     "HELP": Command(help_, "HELP [command]"),
+    "STARTTLS": Command(
+        starttls, "STARTTLS",
+        refusals={Phase.MAIL: replies.STARTTLS_IN_TRANSACTION,
+                  Phase.RCPT: replies.STARTTLS_IN_TRANSACTION},
+        ends_group=True,
+    ),
 }
 
 # The longest line any verb accepts: input beyond this without a newline is refused.

@@ -32,12 +32,14 @@ class Settings:
     greeting: replies.Reply = dataclasses.field(init=False, repr=False)
     helo: replies.Reply = dataclasses.field(init=False, repr=False)
     ehlo: replies.Reply = dataclasses.field(init=False, repr=False)
+    ehlo_starttls: replies.Reply = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
         derived = {
             "greeting": replies.greeting(self.mailname, __version__),
             "helo": replies.Reply(250, self.mailname),
-            "ehlo": replies.Reply(250, self.mailname, *ehlo_keywords(self)),
+            "ehlo": replies.Reply(250, self.mailname, *ehlo_keywords(self, False)),
+            "ehlo_starttls": replies.Reply(250, self.mailname, *ehlo_keywords(self, True)),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)

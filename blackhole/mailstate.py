@@ -1,13 +1,14 @@
 """MailState: one connection's stream, and the moving of bytes to and from its Session.
 
-The stream is an attribute so that STARTTLS can replace it in place; the
-protocol itself never touches it.
+The stream is an attribute so that TLS can replace it in place, for STARTTLS
+and on the implicit-TLS port alike; the protocol itself never touches it.
 """
 
 import asyncio
 import logging
+import ssl
 
-from tornado.iostream import StreamClosedError
+from tornado.iostream import SSLIOStream, StreamClosedError
 
 from blackhole import replies
 from blackhole.protocol import Session
@@ -21,14 +22,17 @@ READ_SIZE = 65536  # bytes asked of the stream at once; every complete line is p
 class MailState:
     """Serve one SMTP connection: greet, read, answer in batches, time out."""
 
-    __slots__ = ("stream", "address", "settings", "session", "_loop",
-                 "_idle_since", "_timer", "_reading", "_stopping")
+    __slots__ = ("stream", "address", "settings", "tls", "session", "_loop",
+                 "_idle_since", "_timer", "_reading", "_stopping", "_handshake")
 
-    def __init__(self, stream, address, settings, policy):
+    def __init__(self, stream, address, settings, policy, tls=None, implicit=False):
+        """``tls``: the server SSLContext, offered by STARTTLS or, if ``implicit``, at once."""
         self.stream = stream
         self.address = address
         self.settings = settings
-        self.session = Session(settings, policy)
+        self.tls = tls
+        self.session = Session(settings, policy, starttls=tls is not None, secure=implicit)
+        self._handshake = None  # the pending start_tls future
         self._loop = None
         # Since when the client has been keeping us waiting, or None while we
         # work: only a whole command, message data, or reading our replies
@@ -46,6 +50,8 @@ class MailState:
         self._timer = loop.call_later(self.settings.timeout, self._check_idle)
         try:
             self.stream.set_nodelay(True)
+            if session.secure:
+                await self._start_tls()
             await self._write([self.settings.greeting.wire])
             while not session.closing:
                 if session.backlog:
@@ -61,6 +67,9 @@ class MailState:
                     self._idle_since = None
                 if out:
                     await self._send(out)
+                if session.tls_pending:
+                    await self._start_tls()
+                    session.tls_started()
                 if self._stopping and not session.in_data and not session.closing:
                     self._close_with(replies.SHUTTING_DOWN)
                     break
@@ -70,7 +79,7 @@ class MailState:
             log.exception("Session with %s failed", self.address[0])
         finally:
             self._timer.cancel()
-            self.stream.close()
+            self.close()
             if session.ident:
                 log.debug("[%s] Closing", session.ident)
 
@@ -99,6 +108,42 @@ class MailState:
             await future
             self._idle_since = None
 
+    async def _start_tls(self):
+        """Replace the stream in place with ``IOStream.start_tls`` (RFC 3207, RFC 8314).
+
+        Its preconditions hold here: every reply is flushed and, since each
+        read takes all Tornado had buffered, no plaintext is left over.
+        """
+        self._idle_since = self._loop.time()  # a stalled handshake is an idle client
+        plain, self.stream = self.stream, None  # start_tls takes the socket over
+        self._handshake = plain.start_tls(server_side=True, ssl_options=self.tls)
+        try:
+            self.stream = await self._handshake
+        except (asyncio.CancelledError, ssl.SSLError, OSError) as error:
+            # A client fault (or the idle timer giving up): Tornado has logged
+            # its one line already; end this session, and only this one.
+            if self.session.ident:
+                log.debug("[%s] TLS handshake failed: %r", self.session.ident, error)
+            raise StreamClosedError() from None
+        finally:
+            self._handshake = None
+        self._idle_since = None
+        if self.session.ident:
+            log.debug("[%s] TLS started: %s %s", self.session.ident,
+                      self.stream.socket.version(), self.stream.socket.cipher()[0])
+
+    def close(self):
+        """Close the connection, whatever the state of the TLS switch."""
+        if self._handshake is not None:
+            self._handshake.cancel()  # Tornado closes the half-made TLS stream
+        elif self.stream is not None and not self.stream.closed():
+            if isinstance(self.stream, SSLIOStream):
+                try:
+                    self.stream.socket.unwrap()  # close_notify (RFC 8446 6.1)
+                except (ssl.SSLError, OSError):
+                    pass  # the client's own close_notify is not waited for
+            self.stream.close()
+
     def shutdown(self):
         """The server is stopping: 421 now if waiting for a command, else after this exchange."""
         self._stopping = True
@@ -113,8 +158,10 @@ class MailState:
         if since is None or now - since < timeout:
             wait = timeout if since is None else since + timeout - now
             self._timer = self._loop.call_later(wait, self._check_idle)
-            return
-        self._close_with(replies.TIMEOUT)
+        elif self._handshake is not None:
+            self.close()
+        else:
+            self._close_with(replies.TIMEOUT)
 
     def _close_with(self, reply):
         """Say a last 421 and close; the read loop ends on the closed stream."""
@@ -124,7 +171,7 @@ class MailState:
             self.stream.write(reply.wire)
         except StreamClosedError:
             pass  # gone already; closing below is all that is left to do
-        self.stream.close()
+        self.close()
 
     def _log_sent(self, chunks):
         for chunk in chunks:

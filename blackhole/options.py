@@ -30,6 +30,8 @@ OPTIONS = (
     ("TLS", "ssl_port", int, 465, "implicit-TLS (SMTPS) port"),
     ("TLS", "ssl_cert", str, None, "PEM certificate (chain)"),
     ("TLS", "ssl_key", str, None, "PEM private key"),
+    ("TLS", "tls_min_version", str, "1.2",
+     "oldest TLS version accepted: 1.0, 1.1, 1.2 or 1.3"),
     ("TLS", "ssl_ca_certs_dir", str, None, "deprecated since 1.6, ignored"),
     ("Process", "conf", str, None,
      "config file of name=value lines; its values override the command line"),

@@ -30,13 +30,17 @@ class Session:
     __slots__ = (
         "settings", "policy", "ident", "phase", "extended", "smtputf8",
         "recipients", "errors", "closing", "in_data", "backlog", "message_size",
+        "starttls_offered", "secure", "tls_pending",
         "_out", "_consume", "_unread", "_discarding", "_tail", "_size", "_dots",
         "_line", "_long_line", "_debug_line",
     )
 
-    def __init__(self, settings, policy):
+    def __init__(self, settings, policy, starttls=False, secure=False):
         self.settings = settings
         self.policy = policy
+        self.starttls_offered = starttls and not secure
+        self.secure = secure  # inside TLS
+        self.tls_pending = False  # STARTTLS answered; the handshake is next
         self.ident = new_ident() if settings.debug else None
         self.phase = Phase.CONNECTED
         self.extended = False  # EHLO rather than HELO
@@ -66,8 +70,14 @@ class Session:
             data = self._unread + data
             self._unread = b""
         pos, end = 0, len(data)
-        while pos < end and not self.closing and len(out) < MAX_BATCH:
+        while pos < end and not (self.closing or self.tls_pending) and len(out) < MAX_BATCH:
             pos = self._consume(data, pos)
+        if self.tls_pending:
+            # Whatever followed STARTTLS in plaintext is dropped, never run
+            # inside TLS (RFC 3207 5; CVE-2011-0411).
+            if self.ident and pos < end:
+                log.debug("[%s] Dropped %d octets sent after STARTTLS", self.ident, end - pos)
+            pos = end
         self.backlog = pos < end and not self.closing
         if self.backlog:
             self._unread = data[pos:]
@@ -95,6 +105,17 @@ class Session:
         self._size = self._dots = self._line = 0
         self._long_line = False
         self._debug_line = b""
+
+    def begin_tls(self):
+        self.tls_pending = True
+
+    def tls_started(self):
+        """RFC 3207 4.2: after the handshake, forget all the client said."""
+        self.tls_pending = False
+        self.secure = True
+        self.starttls_offered = False
+        self.phase = Phase.CONNECTED
+        self.extended = False
 
     def renew_ident(self):
         if self.ident:

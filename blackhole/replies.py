@@ -46,6 +46,7 @@ CANNOT_VRFY = Reply(
     252, "OK, cannot VRFY user but will attempt delivery", enhanced="2.0.0"
 )
 BYE = Reply(221, "Thank you for speaking to me", enhanced="2.0.0")
+READY_FOR_TLS = Reply(220, "Ready to start TLS", enhanced="2.0.0")
 
 # Replies to commands blackhole could not understand or take now.
 UNKNOWN_COMMAND = Reply(500, "Command not recognized", enhanced="5.5.1")
@@ -68,6 +69,11 @@ UTF8_NOT_DECLARED = Reply(
     553, "Non-ASCII address needs MAIL FROM with SMTPUTF8", enhanced="5.6.7"
 )
 UNKNOWN_HELP_TOPIC = Reply(504, "No help for that topic", enhanced="5.5.1")
+SYNTAX_STARTTLS = Reply(501, "Syntax: STARTTLS", enhanced="5.5.4")
+TLS_UNAVAILABLE = Reply(502, "STARTTLS not available", enhanced="5.5.1")
+TLS_ACTIVE = Reply(503, "TLS already active", enhanced="5.5.1")
+STARTTLS_IN_TRANSACTION = Reply(503, "STARTTLS not allowed in a mail transaction",
+                                enhanced="5.5.1")
 NEED_HELO = Reply(503, "Send HELO or EHLO first", enhanced="5.5.1")
 NESTED_MAIL = Reply(503, "Sender already given", enhanced="5.5.1")
 RCPT_NEEDS_MAIL = Reply(503, "Need MAIL before RCPT", enhanced="5.5.1")

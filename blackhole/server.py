@@ -43,13 +43,21 @@ def raise_file_limit():
 
 
 class SMTPServer(TCPServer):
-    """Hands every accepted connection to a MailState of its own."""
+    """Hands every accepted connection to a MailState of its own.
 
-    def __init__(self, settings, policy, max_connections=None, **kwargs):
-        super().__init__(**kwargs)
+    ``tls`` is the server SSLContext: with ``implicit`` the connection is TLS
+    from the first byte (the SMTPS port), otherwise STARTTLS offers it.
+    Listeners of one process share ``sessions``, and so the connection cap.
+    """
+
+    def __init__(self, settings, policy, tls=None, implicit=False,
+                 sessions=None, max_connections=None):
+        super().__init__()
         self.settings = settings
         self.policy = policy
-        self.sessions = set()
+        self.tls = tls
+        self.implicit = implicit
+        self.sessions = set() if sessions is None else sessions
         # Refuse connections with 421 before the process runs out of
         # descriptors, where accept() would fail in a loop.
         self.max_connections = max_connections or (
@@ -61,20 +69,26 @@ class SMTPServer(TCPServer):
             stream.write(replies.TOO_MANY_CONNECTIONS.wire)
             stream.close()
             return
-        state = MailState(stream, address, self.settings, self.policy)
+        state = MailState(stream, address, self.settings, self.policy, self.tls,
+                          self.implicit)
         self.sessions.add(state)
         try:
             await state.serve()
         finally:
             self.sessions.discard(state)
 
-    async def drain(self, grace):
-        """Stop listening; end each session at its next command, within ``grace`` seconds."""
-        self.stop()
-        for state in list(self.sessions):
-            state.shutdown()
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.sessions and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        for state in list(self.sessions):
-            state.stream.close()
+
+
+async def drain(servers, grace):
+    """Stop listening; end each session at its next command, within ``grace`` seconds."""
+    sessions = set()
+    for smtp in servers:
+        smtp.stop()
+        sessions = smtp.sessions
+    for state in list(sessions):
+        state.shutdown()
+    deadline = asyncio.get_running_loop().time() + grace
+    while sessions and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    for state in list(sessions):
+        state.close()

@@ -24,13 +24,16 @@ HOST = "127.0.0.1"
 def serve(io_loop):
     """Start an SMTPServer on the test's IOLoop: ``serve(mode=..., delay=..., **settings)``.
 
-    Returns the port it listens on, 127.0.0.1 only.
+    ``tls`` (an SSLContext) offers STARTTLS, or with ``implicit`` speaks TLS at
+    once. Returns the port it listens on, 127.0.0.1 only.
     """
     servers = []
 
-    def start(mode="accept", delay=0, max_connections=None, **settings):
+    def start(mode="accept", delay=0, tls=None, implicit=False, max_connections=None,
+              **settings):
         sockets = bind_sockets(0, HOST)
-        server = SMTPServer(Settings(**settings), Policy(mode, delay), max_connections)
+        server = SMTPServer(Settings(**settings), Policy(mode, delay), tls, implicit,
+                            max_connections=max_connections)
         server.add_sockets(sockets)
         servers.append(server)
         return sockets[0].getsockname()[1]
@@ -159,7 +162,8 @@ def daemon(tmp_path):
 
     def start(*options, port=None):
         port = port or free_port()
-        args = [f"--host={HOST}", f"--port={port}", f"--log={tmp_path / 'blackhole.log'}"]
+        args = [f"--host={HOST}", f"--port={port}", f"--ssl_port={free_port()}",
+                f"--log={tmp_path / 'blackhole.log'}"]
         process = subprocess.Popen(
             [sys.executable, "-m", "blackhole", *args, *options, "run"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

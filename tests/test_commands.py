@@ -219,7 +219,7 @@ async def test_help_lists_verbs_and_their_syntax(connect):
     client = await connect()
     code, text = await client.command("HELP")
     assert code == 214
-    assert "DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY" in text
+    assert "DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET STARTTLS VRFY" in text
     code, text = await client.command("help rcpt")
     assert code == 214 and text.startswith("2.0.0 RCPT TO:<address>")
 

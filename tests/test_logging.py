@@ -48,5 +48,9 @@ def test_without_debug_nothing_is_logged_per_message(daemon, tmp_path):
         session(port)
     lines = stopped_log(process, tmp_path)
     assert lines[0] == "an earlier line"  # appended, never truncated
-    assert [LINE.match(line).group(1) for line in lines[1:]] == [
-        f"Listening on {HOST}:{port}, mode accept", "Stopping"]
+    messages = [LINE.match(line).group(1) for line in lines[1:]]
+    assert len(messages) == 4, messages
+    assert messages[0] == f"Listening on {HOST}:{port}, mode accept"
+    assert messages[1].startswith(f"Listening for SMTPS on {HOST}:")
+    assert messages[2].startswith("No certificate configured: using a self-signed one")
+    assert messages[3] == "Stopping"
