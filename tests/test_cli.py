@@ -62,7 +62,8 @@ def test_missing_or_unknown_action_prints_usage_and_exits_2(args, message):
      "blackhole: Cannot open log file '/nonexistent/dir/blackhole.log': No such file or directory"),
 ])
 def test_bad_options_get_one_line_and_exit_1(args, message):
-    result = blackhole(f"--port={free_port()}", f"--host={HOST}", *args, "run")
+    result = blackhole(f"--host={HOST}", f"--port={free_port()}", f"--ssl_port={free_port()}",
+                       *args, "run")
     assert result.returncode == 1
     assert one_clear_line(result) == message
 
