@@ -2,11 +2,15 @@
 
 import sys
 
-from blackhole import __version__, options, process
+from blackhole import __version__, daemon, options, process
 from blackhole.errors import BlackholeError, UsageError
 
 # action -> function(values, settings, policy) returning the exit code.
 ACTIONS = {
+    "start": daemon.start,
+    "stop": daemon.stop,
+    "status": daemon.status,
+    "restart": daemon.restart,
     "run": process.run,
 }
 USAGE = f"usage: blackhole [--option=value ...] ({'|'.join(ACTIONS)})"

@@ -1,7 +1,8 @@
-"""Logging: records are queued in the event loop and written by a thread.
+"""Logging: the 1.x format, to the log file and, in the foreground, stderr.
 
-The file (and stderr, in the foreground) therefore never blocks a session,
-even with --debug writing every line.
+Workers queue their records and a thread writes them, so the file never
+blocks a session, even with --debug writing every line.  The master, which
+has no sessions, writes directly.
 """
 
 import logging
@@ -13,11 +14,14 @@ from blackhole.errors import BlackholeError
 
 FORMAT = "%(asctime)s - %(message)s"  # the 1.x format
 
+_file_handlers = []
 
-def configure(path, debug=False, stderr=False):
+
+def configure(path, debug=False, stderr=False, threaded=False):
     """Send every log record to ``path`` (appended) and maybe stderr.
 
-    Returns the started QueueListener; stop it to flush before exiting.
+    With ``threaded`` returns the started QueueListener (stop it to flush),
+    else None.  Replaces whatever handlers were there (a forked worker's).
     """
     try:
         handlers = [logging.FileHandler(path, encoding="utf-8")]
@@ -30,13 +34,25 @@ def configure(path, debug=False, stderr=False):
     formatter = logging.Formatter(FORMAT)
     for handler in handlers:
         handler.setFormatter(formatter)
-    records = queue.SimpleQueue()
     root = logging.getLogger()
     for handler in root.handlers[:]:
         root.removeHandler(handler)
-    root.addHandler(logging.handlers.QueueHandler(records))
+        handler.close()
+    _file_handlers[:] = handlers[:1]
     root.setLevel(logging.INFO)
     logging.getLogger("blackhole").setLevel(logging.DEBUG if debug else logging.INFO)
+    if not threaded:
+        for handler in handlers:
+            root.addHandler(handler)
+        return None
+    records = queue.SimpleQueue()
+    root.addHandler(logging.handlers.QueueHandler(records))
     listener = logging.handlers.QueueListener(records, *handlers)
     listener.start()
     return listener
+
+
+def reopen():
+    """SIGHUP: reopen the log file, which logrotate may have moved away."""
+    for handler in _file_handlers:
+        handler.close()  # the next record opens the path anew

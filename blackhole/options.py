@@ -38,7 +38,8 @@ OPTIONS = (
     ("Process", "pid", str, "/tmp/blackhole.pid", "pid file"),
     ("Process", "user", str, "blackhole", "user to run as after binding"),
     ("Process", "group", str, "blackhole", "group to run as after binding"),
-    ("Process", "workers", int, 1, "worker processes"),
+    ("Process", "workers", int, max(1, (os.cpu_count() or 1) - 2),
+     "worker processes (default: all cores but two, at least one)"),
     ("Logging", "log", str, "/tmp/blackhole.log", "log file, appended to"),
     ("Logging", "debug", bool, False, "log every line received and sent"),
 )

@@ -1,57 +1,175 @@
-"""The process model: serve in the foreground until SIGINT or SIGTERM."""
+"""The process model: a master that forks workers sharing the listening sockets.
+
+The master binds (as root, if need be), forks ``--workers`` workers with
+``tornado.process.fork_processes`` (which replaces a worker that crashes),
+forwards SIGTERM, SIGINT and SIGHUP to them, and exits once they have all
+finished. Workers switch to ``--user``/``--group`` and serve.
+"""
 
 import asyncio
+import ctypes
 import logging
+import os
 import signal
+from typing import NamedTuple
+
+import setproctitle
+import tornado.platform.asyncio  # noqa: F401 - loaded before workers drop privileges
+from tornado.process import fork_processes
 
 from blackhole import log as logs
-from blackhole import server, tls
+from blackhole import privileges, server, tls
 
 log = logging.getLogger("blackhole")
 
 GRACE = 10  # seconds sessions in flight get to finish after a stop signal
+MAX_RESTARTS = 100  # crashed workers replaced before the master gives up
+_stopping = False  # set in the master by a stop signal; inherited by any late fork
 
 
-async def serve(listeners, settings, policy, context):
-    """Serve on the bound sockets until a stop signal arrives.
+class Plan(NamedTuple):
+    """Everything checked and bound before the first fork."""
 
-    ``listeners`` pairs each list of sockets with whether it is implicit TLS.
+    listeners: list  # (sockets, implicit TLS) pairs
+    context: object  # the server SSLContext, or None
+    account: object  # a privileges.Account, or None to stay as we are
+
+
+def prepare(values, settings):
+    """Check the certificate and account, then bind: each failure is one clear line."""
+    context = None
+    if values.ssl:
+        context = tls.server_context(values.ssl_cert, values.ssl_key,
+                                     values.tls_min_version, settings.mailname)
+    account = privileges.resolve(values.user, values.group)
+    server.raise_file_limit()
+    listeners = [(server.bind(values.host, values.port), False)]
+    if context:
+        listeners.append((server.bind(values.host, values.ssl_port), True))
+    return Plan(listeners, context, account)
+
+
+def workers_of(pid):
+    """The live child processes of ``pid`` (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+
+
+def _signal_workers(signum):
+    for pid in workers_of(os.getpid()):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass  # it has just exited: nothing left to tell
+
+
+def _on_stop(signum, frame):
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        log.info("Stopping")
+    _signal_workers(signal.SIGTERM)
+
+
+def _on_hangup(signum, frame):
+    logs.reopen()
+    _signal_workers(signal.SIGHUP)
+
+
+def serve(plan, values, settings, policy, stderr=False, ready=None):
+    """Run the master until its workers are done; return its exit code.
+
+    ``ready`` is called once everything is listening, just before the fork.
+    Workers never return from here.
     """
+    setproctitle.setproctitle("blackhole: master")
+    logs.configure(values.log, values.debug, stderr)
+    if plan.account:
+        os.chown(values.log, plan.account.uid, plan.account.gid)  # so workers can reopen it
+    elif os.geteuid() == 0:
+        log.warning("Running as root: there is no '%s' account (see --user, --group)",
+                    values.user)
+    _announce(plan, values, settings, policy)
+    for signum, handler in ((signal.SIGTERM, _on_stop), (signal.SIGINT, _on_stop),
+                            (signal.SIGHUP, _on_hangup)):
+        signal.signal(signum, handler)
+    if ready:
+        ready()
+    master = os.getpid()
+    try:
+        fork_processes(values.workers, max_restarts=MAX_RESTARTS)
+    except SystemExit:  # fork_processes: every worker exited cleanly
+        log.info("Stopped")
+        return 0
+    except RuntimeError as error:  # too many restarts
+        log.error("%s", error)
+        return 1
+    _worker(plan, values, settings, policy, stderr, master)
+
+
+def _announce(plan, values, settings, policy):
+    log.info("Listening on %s:%d, mode %s", values.host, values.port, policy.mode)
+    if plan.context:
+        log.info("Listening for SMTPS on %s:%d, STARTTLS offered on %d",
+                 values.host, values.ssl_port, values.port)
+        if values.ssl_cert is None and values.ssl_key is None:
+            log.info("No certificate configured: using a self-signed one for %s",
+                     settings.mailname)
+
+
+def _follow_master(master):
+    """Linux: have the kernel send SIGTERM when the master dies, even by SIGKILL."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: workers outlive a killed master, as in 1.x
+    if os.getppid() != master:
+        os._exit(0)  # it died before we asked
+
+
+def _worker(plan, values, settings, policy, stderr, master):
+    """A forked worker: switch account, serve until told to stop, and exit."""
+    if _stopping:
+        os._exit(0)  # forked as a replacement while the master was stopping
+    _follow_master(master)
+    setproctitle.setproctitle("blackhole: worker")
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    listener = logs.configure(values.log, values.debug, stderr, threaded=True)
+    code = 1  # non-zero: fork_processes replaces the worker
+    try:
+        if plan.account:
+            privileges.drop(plan.account)
+        asyncio.run(_serve(plan, settings, policy))
+        code = 0
+    except Exception:
+        log.exception("Worker %d failed", os.getpid())
+    finally:
+        listener.stop()
+        # Never unwind into the master's code (its pid file, its cleanup).
+        os._exit(code)
+
+
+async def _serve(plan, settings, policy):
+    """Serve on the bound sockets until a stop signal arrives."""
     sessions = set()
     servers = []
-    for sockets, implicit in listeners:
-        smtp = server.SMTPServer(settings, policy, context, implicit, sessions)
+    for sockets, implicit in plan.listeners:
+        smtp = server.SMTPServer(settings, policy, plan.context, implicit, sessions)
         smtp.add_sockets(sockets)
         servers.append(smtp)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, logs.reopen)
     await stop.wait()
-    log.info("Stopping")
     await server.drain(servers, GRACE)
 
 
 def run(values, settings, policy):
-    """The ``run`` action: bind, log to the file and stderr, serve until stopped."""
-    context = None
-    if values.ssl:
-        context = tls.server_context(values.ssl_cert, values.ssl_key,
-                                     values.tls_min_version, settings.mailname)
-    server.raise_file_limit()
-    listeners = [(server.bind(values.host, values.port), False)]
-    if context:
-        listeners.append((server.bind(values.host, values.ssl_port), True))
-    listener = logs.configure(values.log, values.debug, stderr=True)
-    try:
-        log.info("Listening on %s:%d, mode %s", values.host, values.port, policy.mode)
-        if context:
-            log.info("Listening for SMTPS on %s:%d, STARTTLS offered on %d",
-                     values.host, values.ssl_port, values.port)
-            if values.ssl_cert is None and values.ssl_key is None:
-                log.info("No certificate configured: using a self-signed one for %s",
-                         settings.mailname)
-        asyncio.run(serve(listeners, settings, policy, context))
-    finally:
-        listener.stop()
-    return 0
+    """The ``run`` action: serve in the foreground, logging to stderr too."""
+    return serve(prepare(values, settings), values, settings, policy, stderr=True)

@@ -14,6 +14,7 @@ from tornado.netutil import bind_sockets
 from tornado.tcpclient import TCPClient
 
 from blackhole.config import Settings
+from blackhole.process import workers_of
 from blackhole.policy import Policy
 from blackhole.server import SMTPServer
 
@@ -174,6 +175,20 @@ def daemon(tmp_path):
 
     yield start
     for process in processes:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-        process.communicate(timeout=10)
+        stop_by_pid(process)
+
+
+def stop_by_pid(process):
+    """SIGTERM a blackhole master; SIGKILL it and its workers if they linger."""
+    if process.poll() is None:
+        workers = workers_of(process.pid)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            for pid in [process.pid, *workers]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # already gone
+    process.communicate(timeout=10)

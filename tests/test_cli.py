@@ -26,7 +26,7 @@ def test_version(flag):
 def test_help_is_grouped(flag):
     result = blackhole(flag)
     assert result.returncode == 0
-    assert result.stdout.startswith("usage: blackhole [--option=value ...] (run)")
+    assert result.stdout.startswith("usage: blackhole [--option=value ...] (start|stop|status|restart|run)")
     for group in ("Network:", "Mail:", "TLS:", "Process:", "Logging:"):
         assert f"\n{group}\n" in result.stdout
     for option in ("--port=N", "--ssl_port=N", "--mode=TEXT", "--delay=N", "--conf=TEXT",
@@ -43,7 +43,7 @@ def test_help_is_grouped(flag):
 def test_missing_or_unknown_action_prints_usage_and_exits_2(args, message):
     result = blackhole(*args)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["usage: blackhole [--option=value ...] (run)", message]
+    assert result.stderr.splitlines() == ["usage: blackhole [--option=value ...] (start|stop|status|restart|run)", message]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,180 @@
+"""The daemon actions of 1.x: start, stop, status and restart, around a pid file."""
+
+import os
+import select
+import signal
+import time
+
+from blackhole import process
+from blackhole.errors import BlackholeError
+
+START_TIMEOUT = 30  # seconds ``start`` waits to hear that the daemon is up
+STOP_TIMEOUT = process.GRACE + 5  # seconds before SIGKILL
+
+
+def read_pid(path):
+    """The pid in the file, or None when there is no file."""
+    try:
+        with open(path) as pidfile:
+            text = pidfile.read().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise BlackholeError(f"Cannot read pidfile {path}: {error.strerror}") from None
+    return int(text) if text.isdigit() else 0
+
+
+def is_blackhole(pid):
+    """A live blackhole process (not a zombie, not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            command = cmdline.read()
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return b"blackhole" in command and state != b"Z"
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass  # already gone: that is what we wanted
+
+
+def running_pid(path):
+    """The pid of the running daemon, or None; a stale pid file is reported and removed."""
+    pid = read_pid(path)
+    if pid is None:
+        return None
+    if pid and is_blackhole(pid):
+        return pid
+    print(f"Stale pid {pid}. Removing" if pid else f"Invalid pidfile {path}. Removing")
+    _remove(path)
+    return None
+
+
+def status(values, settings, policy):
+    """LSB codes: 0 running, 1 dead with a pid file (now removed), 3 not running."""
+    stale = read_pid(values.pid) is not None
+    if running_pid(values.pid):
+        print("running")
+        return 0
+    print("not running")
+    return 1 if stale else 3
+
+
+def stop(values, settings, policy):
+    """SIGTERM, then wait for the master and its workers to be gone (SIGKILL at last)."""
+    if read_pid(values.pid) is None:
+        print(f"pidfile {values.pid} does not exist. Daemon not running?")
+        return 0
+    pid = running_pid(values.pid)
+    if pid is None:
+        return 0
+    group = [pid, *process.workers_of(pid)]
+    os.kill(pid, signal.SIGTERM)
+    if not _gone(group, STOP_TIMEOUT):
+        for member in group:
+            try:
+                os.kill(member, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # ended between the check and the kill
+        _gone(group, 5)
+    _remove(values.pid)
+    return 0
+
+
+def _gone(pids, seconds):
+    deadline = time.monotonic() + seconds
+    while any(is_blackhole(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def restart(values, settings, policy):
+    stop(values, settings, policy)
+    return start(values, settings, policy)
+
+
+def start(values, settings, policy):
+    """Daemonize and return 0 once the daemon listens, or 1 with its reason."""
+    if running_pid(values.pid):
+        raise BlackholeError(
+            f"pidfile {values.pid} already exist. Daemon already running?")
+    plan = process.prepare(values, settings)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(writer)
+        os.waitpid(child, 0)
+        report = _read(reader)
+        if report != "ok":
+            raise BlackholeError(report or "the daemon exited before it was ready")
+        return 0
+    os.close(reader)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    keep = {writer} | {sock.fileno() for sockets, _ in plan.listeners for sock in sockets}
+    _detach(keep)
+    told = []  # once "ok" is said the pipe is closed, and its number may be reused
+
+    def tell(message):
+        if not told:
+            told.append(message)
+            _tell(writer, message)
+
+    code = 1
+    try:
+        with open(values.pid, "w") as pidfile:
+            pidfile.write(f"{os.getpid()}\n")
+        code = process.serve(plan, values, settings, policy, ready=lambda: tell("ok"))
+    except BlackholeError as error:
+        tell(str(error))
+    except OSError as error:
+        tell(f"Cannot write pidfile {values.pid}: {error.strerror}")
+    finally:
+        if read_pid(values.pid) == os.getpid():
+            _remove(values.pid)
+        os._exit(code)
+
+
+def _detach(keep):
+    """Leave the caller behind: no terminal, no working directory, none of its files."""
+    os.chdir("/")
+    os.umask(0o022)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    bounds = [2, *sorted(keep), os.sysconf("SC_OPEN_MAX")]
+    for low, high in zip(bounds, bounds[1:]):
+        os.closerange(low + 1, high)
+
+
+def _tell(writer, message):
+    try:
+        os.write(writer, message.encode())
+        os.close(writer)
+    except OSError:
+        pass  # the caller of start is gone; nobody is left to tell
+
+
+def _read(reader):
+    chunks = []
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([reader], [], [], deadline - time.monotonic())
+        if not ready:
+            break
+        chunk = os.read(reader, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(reader)
+    return b"".join(chunks).decode(errors="replace")
+
+

@@ -1,0 +1,263 @@
+"""start/stop/status/restart, workers and privileges, through the real command."""
+
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from blackhole.daemon import is_blackhole
+from blackhole.process import workers_of
+from tests.conftest import HOST, blackhole, free_port
+
+
+class Daemon:
+    """The options of one daemon, its pid file and log, and the actions on it."""
+
+    def __init__(self, tmp_path, *extra):
+        self.pidfile = tmp_path / "blackhole.pid"
+        self.logfile = tmp_path / "blackhole.log"
+        self.port = free_port()
+        self.options = [f"--host={HOST}", f"--port={self.port}", f"--ssl_port={free_port()}",
+                        f"--pid={self.pidfile}", f"--log={self.logfile}", *extra]
+
+    def __call__(self, action, *more, **kwargs):
+        return blackhole(*self.options, *more, action, **kwargs)
+
+    @property
+    def pid(self):
+        return int(self.pidfile.read_text())
+
+    def send(self):
+        with smtplib.SMTP(HOST, self.port, timeout=10) as smtp:
+            return smtp.sendmail("a@example.com", ["b@example.com"], "Subject: d\r\n\r\nhi")
+
+    def kill_all(self):
+        """Teardown: end the master and its workers by PID, whatever state they are in."""
+        if not self.pidfile.exists():
+            return
+        pid = self.pid
+        for member in [pid, *workers_of(pid)]:
+            try:
+                os.kill(member, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # already stopped by the test
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    started = []
+
+    def make(*extra):
+        started.append(Daemon(tmp_path, *extra))
+        return started[-1]
+
+    yield make
+    for each in started:
+        each.kill_all()
+
+
+def title(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read().rstrip(b"\0").decode()
+
+
+def wait_until(check, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_start_status_send_stop(daemon):
+    bh = daemon("--workers=1")
+    started = time.monotonic()
+    result = bh("start")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert time.monotonic() - started < 10
+    assert bh.pidfile.read_text() == f"{bh.pid}\n"
+    assert title(bh.pid) == "blackhole: master"
+    assert bh.send() == {}  # listening as soon as start returned
+    status = bh("status")
+    assert (status.returncode, status.stdout) == (0, "running\n")
+    master, workers = bh.pid, workers_of(bh.pid)
+    stopped = bh("stop")
+    assert (stopped.returncode, stopped.stderr) == (0, "")
+    assert not bh.pidfile.exists()
+    for pid in [master, *workers]:
+        assert not is_blackhole(pid)
+    with socket.socket() as probe:  # the port is free again
+        probe.bind((HOST, bh.port))
+    assert (bh("status").returncode, bh("status").stdout) == (3, "not running\n")
+
+
+def test_start_while_running_is_refused(daemon):
+    bh = daemon()
+    assert bh("start").returncode == 0
+    again = bh("start")
+    assert again.returncode == 1
+    assert again.stderr == f"blackhole: pidfile {bh.pidfile} already exist. Daemon already running?\n"
+    assert bh("stop").returncode == 0
+
+
+def test_stop_and_status_when_not_running(daemon):
+    bh = daemon()
+    stopped = bh("stop")
+    assert (stopped.returncode, stopped.stdout) == (
+        0, f"pidfile {bh.pidfile} does not exist. Daemon not running?\n")
+    status = bh("status")
+    assert (status.returncode, status.stdout) == (3, "not running\n")
+
+
+def test_a_stale_pid_file_is_reported_and_removed(daemon):
+    bh = daemon()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    bh.pidfile.write_text(f"{dead.pid}\n")
+    status = bh("status")
+    assert (status.returncode, status.stdout) == (1, f"Stale pid {dead.pid}. Removing\nnot running\n")
+    assert not bh.pidfile.exists()
+    bh.pidfile.write_text(f"{dead.pid}\n")
+    started = bh("start")
+    assert (started.returncode, started.stdout) == (0, f"Stale pid {dead.pid}. Removing\n")
+    assert bh.pid != dead.pid and bh.send() == {}
+    assert bh("stop").returncode == 0
+
+
+def test_restart_waits_for_the_old_daemon(daemon):
+    bh = daemon("--workers=2")
+    assert bh("start").returncode == 0
+    old = bh.pid
+    with socket.create_connection((HOST, bh.port)) as idle:  # a session in progress
+        idle.recv(1024)
+        restarted = bh("restart")
+    assert (restarted.returncode, restarted.stderr) == (0, "")
+    assert bh.pid != old
+    assert bh.send() == {}
+    assert bh("stop").returncode == 0
+
+
+def test_start_failure_is_said_on_stderr(daemon):
+    bh = daemon()
+    with socket.socket() as taken:
+        taken.bind((HOST, bh.port))
+        taken.listen()
+        result = bh("start")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"blackhole: Address already in use, could not bind to {HOST}:{bh.port}\n")
+    assert not bh.pidfile.exists()
+
+
+def test_start_failure_after_forking_is_said_too(daemon, tmp_path):
+    bh = daemon(f"--pid={tmp_path}/no/such/dir/blackhole.pid")
+    result = bh("start")
+    assert result.returncode == 1
+    assert result.stderr == (f"blackhole: Cannot write pidfile {tmp_path}/no/such/dir/"
+                             "blackhole.pid: No such file or directory\n")
+
+
+def test_the_daemon_is_detached_from_its_caller(daemon):
+    bh = daemon()
+    reader, writer = os.pipe()  # an open file of the caller's
+    result = subprocess.run([sys.executable, "-m", "blackhole", *bh.options, "start"],
+                            pass_fds=(reader, writer), capture_output=True, timeout=30)
+    os.close(reader)
+    os.close(writer)
+    assert result.returncode == 0
+    pid = bh.pid
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    for fd in (0, 1, 2):
+        assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
+    assert os.getsid(pid) != os.getsid(0) and os.getsid(pid) != pid  # setsid, then fork
+    targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    assert not [t for t in targets if t.startswith("pipe:")]
+    assert bh("stop").returncode == 0
+
+
+def test_workers_are_forked_titled_and_replaced(daemon):
+    bh = daemon("--workers=2")
+    assert bh("start").returncode == 0
+    wait_until(lambda: len(workers_of(bh.pid)) == 2)
+    workers = workers_of(bh.pid)
+    assert [title(pid) for pid in workers] == ["blackhole: worker"] * 2
+    os.kill(workers[0], signal.SIGKILL)
+    wait_until(lambda: len(workers_of(bh.pid)) == 2 and workers[0] not in workers_of(bh.pid))
+    assert workers[1] in workers_of(bh.pid)
+    assert all(bh.send() == {} for _ in range(4))
+    assert bh("stop").returncode == 0
+
+
+def test_a_killed_master_takes_its_workers_along(daemon):
+    bh = daemon("--workers=2")
+    assert bh("start").returncode == 0
+    wait_until(lambda: len(workers_of(bh.pid)) == 2)
+    workers = workers_of(bh.pid)
+    os.kill(bh.pid, signal.SIGKILL)
+    wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers))
+
+
+def test_stop_lets_a_message_in_flight_finish(daemon):
+    bh = daemon("--workers=2")
+    assert bh("start").returncode == 0
+    with socket.create_connection((HOST, bh.port), timeout=10) as sock:
+        lines = sock.makefile("rb")
+        lines.readline()
+        sock.sendall(b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+                     b"DATA\r\n")
+        while not lines.readline().startswith(b"354"):
+            pass
+        sock.sendall(b"Subject: x\r\n\r\nhalf")
+        stopping = subprocess.Popen([sys.executable, "-m", "blackhole", *bh.options, "stop"])
+        time.sleep(0.5)
+        sock.sendall(b" and the rest\r\n.\r\n")
+        assert lines.readline() == b"250 2.0.0 OK\r\n"
+        assert lines.readline().startswith(b"421 4.3.2")
+    assert stopping.wait(timeout=30) == 0
+    assert not bh.pidfile.exists()
+
+
+def test_sighup_reopens_the_log_file(daemon):
+    bh = daemon("--workers=1", "--debug")
+    assert bh("start").returncode == 0
+    bh.logfile.rename(bh.logfile.with_suffix(".1"))  # what logrotate does
+    os.kill(bh.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    bh.send()
+    wait_until(lambda: bh.logfile.exists() and "RECV: QUIT" in bh.logfile.read_text())
+    assert bh("stop").returncode == 0
+
+
+@pytest.mark.parametrize("option, message", [
+    ("--user=nosuchuser", "User 'nosuchuser' does not exist"),
+    ("--group=nosuchgroup", "Group 'nosuchgroup' does not exist"),
+])
+def test_unknown_user_or_group_is_one_line(daemon, option, message):
+    bh = daemon(option)
+    for action in ("start", "run"):
+        result = bh(action)
+        assert (result.returncode, result.stderr) == (1, f"blackhole: {message}\n")
+
+
+def test_workers_run_as_the_given_user_and_can_still_log(daemon):
+    bh = daemon("--user=nobody", "--group=nogroup", "--workers=1", "--debug")
+    result = bh("start")
+    if os.geteuid() != 0:
+        assert result.returncode == 1
+        assert "Cannot switch to user 'nobody': not running as root" in result.stderr
+        return
+    assert result.returncode == 0
+    wait_until(lambda: len(workers_of(bh.pid)) == 1)
+    (worker,) = workers_of(bh.pid)
+    with open(f"/proc/{worker}/status") as status:
+        uids = {line.split()[0]: line.split()[1:] for line in status}
+    nobody = subprocess.run(["id", "-u", "nobody"], capture_output=True, text=True)
+    assert uids["Uid:"][0] == nobody.stdout.strip()
+    assert bh.send() == {}
+    wait_until(lambda: "RECV: QUIT" in bh.logfile.read_text())  # written by the worker
+    assert bh("stop").returncode == 0
+    assert not bh.pidfile.exists()  # the master kept the right to remove it

@@ -1,0 +1,122 @@
+"""The shipped config file, Debian init script and systemd unit, run for real."""
+
+import os
+import shlex
+import signal
+import smtplib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blackhole import options
+from blackhole.daemon import is_blackhole
+from blackhole.process import workers_of
+from tests.conftest import HOST, free_port, stop_by_pid, wait_for_port
+
+TOP = Path(__file__).resolve().parent.parent
+INIT = TOP / "init.d" / "debian-ubuntu" / "blackhole"
+UNIT = TOP / "init.d" / "systemd" / "blackhole.service"
+CONF_DIST = TOP / "blackhole.conf-dist"
+
+
+def test_conf_dist_is_python_and_shell_and_documents_every_option():
+    namespace = {}
+    exec(CONF_DIST.read_text(), namespace)  # noqa: S102 - the config file contract
+    shell = subprocess.run(
+        ["/bin/sh", "-c", f'. "{CONF_DIST}" && echo "$host|$port|$mode|$ssl|$pid|$log"'],
+        capture_output=True, text=True, check=True)
+    assert shell.stdout.strip() == "|".join(
+        str(namespace[name]) for name in ("host", "port", "mode", "ssl", "pid", "log"))
+    _, values = options.parse([f"--conf={CONF_DIST}"])  # every name is an option
+    assert values.port == 25 and values.ssl is False
+    text = CONF_DIST.read_text()
+    for _, name, *_ in options.OPTIONS:
+        if name not in ("conf", "ssl_ca_certs_dir"):
+            assert f"\n{name}=" in text or f"\n#{name}=" in text, name
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    """A conf and a daemon executable for the init script, in a private directory."""
+    port = free_port()
+    conf = tmp_path / "blackhole.conf"
+    conf.write_text(
+        f'host="{HOST}"\nport={port}\nssl_port={free_port()}\nssl=True\nworkers=2\n'
+        f'pid="{tmp_path}/blackhole.pid"\nlog="{tmp_path}/blackhole.log"\n')
+    daemon = tmp_path / "blackhole"
+    daemon.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m blackhole "$@"\n')
+    daemon.chmod(0o755)
+    env = dict(os.environ, BLACKHOLE_CONF=str(conf), BLACKHOLE_DAEMON=str(daemon),
+               PYTHONPATH=str(TOP), _SYSTEMCTL_SKIP_REDIRECT="1")
+    pidfile = tmp_path / "blackhole.pid"
+    yield port, pidfile, env
+    if pidfile.exists():  # the test failed half way: end what it started, by PID
+        pid = int(pidfile.read_text())
+        for member in [pid, *workers_of(pid)]:
+            try:
+                os.kill(member, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # already gone
+
+
+def init(action, env):
+    return subprocess.run([str(INIT), action], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def send(port):
+    with smtplib.SMTP(HOST, port, timeout=10) as smtp:
+        return smtp.sendmail("a@example.com", ["b@example.com"], "Subject: init\r\n\r\nhi")
+
+
+def test_init_script_start_status_restart_stop(deployment):
+    port, pidfile, env = deployment
+    assert init("start", env).returncode == 0
+    first = int(pidfile.read_text())
+    assert is_blackhole(first) and send(port) == {}
+    status = init("status", env)
+    assert status.returncode == 0 and "is running" in status.stdout
+    restarted = init("restart", env)
+    assert restarted.returncode == 0, restarted
+    second = int(pidfile.read_text())
+    assert second != first and not is_blackhole(first)
+    assert send(port) == {}
+    assert init("stop", env).returncode == 0
+    assert not pidfile.exists() and not is_blackhole(second)
+    status = init("status", env)
+    assert status.returncode == 3 and "not running" in status.stdout
+    assert init("stop", env).returncode == 0  # stopping a stopped daemon is fine
+
+
+def test_init_script_usage_missing_conf_and_missing_daemon(deployment, tmp_path):
+    _, _, env = deployment
+    usage = init("bogus", env)
+    assert (usage.returncode, usage.stdout) == (
+        1, "Usage: /etc/init.d/blackhole {start|stop|restart|status}\n")
+    missing = init("start", dict(env, BLACKHOLE_CONF=str(tmp_path / "none.conf")))
+    assert (missing.returncode, missing.stdout) == (
+        1, f"Failed to open conf: {tmp_path / 'none.conf'}\n")
+    absent = init("start", dict(env, BLACKHOLE_DAEMON=str(tmp_path / "not-installed")))
+    assert (absent.returncode, absent.stdout) == (0, "")
+
+
+def test_systemd_unit_runs_blackhole_in_the_foreground(deployment, tmp_path):
+    port, _, env = deployment
+    lines = dict(line.split("=", 1) for line in UNIT.read_text().splitlines()
+                 if "=" in line and not line.startswith("#"))
+    command = shlex.split(lines["ExecStart"])
+    assert command[0] == "/usr/local/bin/blackhole" and command[-1] == "run"
+    command[0] = env["BLACKHOLE_DAEMON"]
+    command = [arg.replace("/etc/blackhole.conf", env["BLACKHOLE_CONF"]) for arg in command]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, process)
+        os.kill(process.pid, signal.SIGHUP)  # ExecReload
+        assert send(port) == {}
+        process.send_signal(signal.SIGTERM)  # what systemctl stop sends first
+        assert process.wait(timeout=20) == 0
+    finally:
+        stop_by_pid(process)
