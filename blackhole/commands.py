@@ -8,8 +8,18 @@ import enum
 from types import MappingProxyType
 from typing import Callable, Mapping, NamedTuple
 
-from blackhole import replies, syntax
+import binascii
+
+from blackhole import auth, replies, syntax
 from blackhole.replies import Reply
+
+# EXPN's test mailing lists (RFC 5321 3.5.2).
+EXPN_LISTS = {
+    "list1": ("Alice <alice@example.com>", "Bob <bob@example.com>",
+              "Carol <carol@example.com>"),
+    "list2": ("Dave <dave@example.com>", "Erin <erin@example.com>"),
+    "list3": ("Frank <frank@example.com>",),
+}
 
 
 class Phase(enum.IntEnum):
@@ -38,6 +48,7 @@ class Command(NamedTuple):
     ends_group: bool = False  # RFC 2920 3.1: the client must wait for the reply
     resets: bool = False  # success ends any transaction (RFC 5321 4.1.1.1, 4.1.1.5)
     max_line: int = 512  # octets with CRLF (RFC 5321 4.5.3.1.4, plus allowances)
+    secret: bool = False  # the argument never reaches the log
 
 
 def ehlo_keywords(settings, starttls):
@@ -46,10 +57,15 @@ def ehlo_keywords(settings, starttls):
         "PIPELINING",
         f"SIZE {settings.message_size_limit}",
         "8BITMIME",
+        "BINARYMIME",
+        "CHUNKING",
         "SMTPUTF8",
         *(("STARTTLS",) if starttls else ()),
+        "AUTH " + " ".join(auth.MECHANISMS),
         "ENHANCEDSTATUSCODES",
         "VRFY",
+        "EXPN",
+        "ETRN",
         "DSN",
         "HELP",
     )
@@ -112,8 +128,8 @@ def _size(session, value):
 
 
 def _body(session, value):
-    """RFC 6152 2: BODY=7BIT or BODY=8BITMIME."""
-    if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+    """RFC 6152 2 and RFC 3030 3: BODY=7BIT, 8BITMIME or BINARYMIME."""
+    if value is None or value.upper() not in ("7BIT", "8BITMIME", "BINARYMIME"):
         return replies.BAD_PARAMETER
     return None
 
@@ -155,8 +171,15 @@ def _orcpt(session, value):
     return None
 
 
+def _auth_sender(session, value):
+    """RFC 4954 5: AUTH=<> or AUTH=xtext, accepted and ignored."""
+    if value is None or not (value == "<>" or syntax.is_xtext(value)):
+        return replies.BAD_PARAMETER
+    return None
+
+
 MAIL_PARAMETERS = {"SIZE": _size, "BODY": _body, "SMTPUTF8": _bare,
-                   "RET": _ret, "ENVID": _envid}
+                   "RET": _ret, "ENVID": _envid, "AUTH": _auth_sender}
 RCPT_PARAMETERS = {"NOTIFY": _notify, "ORCPT": _orcpt}
 _MAIL_ERRORS = {"form": replies.SYNTAX_MAIL, "address": replies.BAD_SENDER,
                 "parameter": replies.BAD_PARAMETER}
@@ -172,7 +195,7 @@ def mail(session, arg):
     utf8 = "SMTPUTF8" in params
     if not (utf8 or mailbox.isascii()):
         return replies.UTF8_NOT_DECLARED
-    session.begin_transaction(utf8)
+    session.begin_transaction(utf8, (params.get("BODY") or "").upper() == "BINARYMIME")
     return replies.SENDER_OK
 
 
@@ -192,8 +215,51 @@ def rcpt(session, arg):
 @_no_argument
 def data(session, arg):
     """RFC 5321 4.1.1.4: the message follows, up to <CRLF>.<CRLF>."""
+    if session.bdat:
+        return replies.DATA_AFTER_BDAT  # RFC 3030 2: one or the other
+    if session.binarymime:
+        return replies.BINARYMIME_NEEDS_BDAT  # RFC 3030 3
     session.start_data()
     return replies.START_DATA
+
+
+_BDAT_REFUSALS = {Phase.CONNECTED: replies.NEED_HELO, Phase.GREETED: replies.BDAT_NEEDS_MAIL,
+                  Phase.MAIL: replies.BDAT_NEEDS_RCPT}
+
+
+def bdat(session, arg):
+    """RFC 3030 2: ``BDAT size [LAST]``; the chunk is read even when refused."""
+    size, _, last = arg.partition(" ")
+    if not (size.isascii() and size.isdigit()) or last.upper() not in ("", "LAST"):
+        return replies.SYNTAX_BDAT  # no size to skip: nothing more can be done
+    size = int(size)
+    refusal = _BDAT_REFUSALS.get(session.phase)
+    if refusal is not None:
+        session.start_chunk(size, refusal, refused=True)
+    else:
+        received = Reply(250, f"{size} octets received", enhanced="2.0.0")
+        session.start_chunk(size, None if last else received)
+    return None  # answered once the chunk is in
+
+
+def auth_(session, arg):
+    """RFC 4954 4: PLAIN, LOGIN or CRAM-MD5; anything passes but ``fail=``."""
+    if session.authenticated:
+        return replies.AUTH_TWICE
+    mechanism, _, initial = arg.partition(" ")
+    if not mechanism:
+        return replies.SYNTAX_AUTH
+    exchange = auth.MECHANISMS.get(mechanism.upper())
+    if exchange is None:
+        return replies.AUTH_UNKNOWN_MECHANISM
+    if initial == "*":
+        return replies.AUTH_ABORTED
+    try:
+        initial = auth.initial_response(initial)
+    except binascii.Error:
+        return replies.AUTH_BAD_BASE64
+    session.start_auth(exchange(initial, session.settings.mailname))
+    return None  # the exchange answers
 
 
 @_no_argument
@@ -215,8 +281,31 @@ def quit_(session, arg):
 
 
 def vrfy(session, arg):
-    """RFC 5321 3.5.3: 252, as 1.x, for any address."""
-    return replies.CANNOT_VRFY if arg else replies.SYNTAX_VRFY
+    """RFC 5321 3.5.3: ``pass=`` is known, ``fail=`` unknown, the rest 252 as 1.x."""
+    if not arg:
+        return replies.SYNTAX_VRFY
+    if "fail=" in arg:
+        return Reply(550, f"{arg} unknown", enhanced="5.7.1")
+    if "pass=" in arg:
+        return Reply(250, arg, enhanced="2.0.0")
+    return replies.CANNOT_VRFY
+
+
+def expn(session, arg):
+    """RFC 5321 3.5.2: the members of a test list (EXPN_LISTS)."""
+    if not arg:
+        return replies.SYNTAX_EXPN
+    members = None if "fail=" in arg else EXPN_LISTS.get(arg.lower())
+    if members is None:
+        return Reply(550, f"{arg} unknown", enhanced="5.1.1")
+    return Reply(250, *members, enhanced="2.1.5")
+
+
+def etrn(session, arg):
+    """RFC 1985: nothing is ever queued, so this is always done at once."""
+    if not arg:
+        return replies.SYNTAX_ETRN
+    return Reply(250, f"Queuing for node {arg} started", enhanced="2.0.0")
 
 
 def starttls(session, arg):
@@ -266,6 +355,17 @@ COMMANDS = {
     "NOOP": Command(noop, "NOOP [text]", ends_group=True),
     "QUIT": Command(quit_, "QUIT", ends_group=True),
     "VRFY": Command(vrfy, "VRFY address", ends_group=True),
+    "EXPN": Command(expn, "EXPN list", ends_group=True),
+    "ETRN": Command(etrn, "ETRN node"),
+    "BDAT": Command(bdat, "BDAT size [LAST]"),
+    "AUTH": Command(
+        auth_, "AUTH PLAIN|LOGIN|CRAM-MD5 [initial-response]",
+        refusals={Phase.CONNECTED: replies.NEED_HELO, Phase.MAIL: replies.AUTH_IN_TRANSACTION,
+                  Phase.RCPT: replies.AUTH_IN_TRANSACTION},
+        ends_group=True,
+        max_line=12288,  # RFC 4954 4
+        secret=True,
+    ),
     "HELP": Command(help_, "HELP [command]"),
     "STARTTLS": Command(
         starttls, "STARTTLS",

@@ -28,6 +28,7 @@ class Settings:
     max_recipients: int = 1000
     timeout: float = 60  # idle seconds before 421 4.4.2
     debug: bool = False
+    dynamic_switch: bool = True  # X-Blackhole-Mode/-Delay headers steer a message
 
     greeting: replies.Reply = dataclasses.field(init=False, repr=False)
     helo: replies.Reply = dataclasses.field(init=False, repr=False)

@@ -105,7 +105,7 @@ def start(values, settings, policy):
     if running_pid(values.pid):
         raise BlackholeError(
             f"pidfile {values.pid} already exist. Daemon already running?")
-    plan = process.prepare(values, settings)
+    plan = process.prepare(values, settings, policy)
     reader, writer = os.pipe()
     child = os.fork()
     if child:
@@ -119,7 +119,7 @@ def start(values, settings, policy):
     os.setsid()
     if os.fork():
         os._exit(0)
-    keep = {writer} | {sock.fileno() for sockets, _ in plan.listeners for sock in sockets}
+    keep = {writer} | {sock.fileno() for _, sockets, _ in plan.listeners for sock in sockets}
     _detach(keep)
     told = []  # once "ok" is said the pipe is closed, and its number may be reused
 

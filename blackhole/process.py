@@ -19,6 +19,8 @@ from tornado.process import fork_processes
 
 from blackhole import log as logs
 from blackhole import privileges, server, tls
+from blackhole.errors import BlackholeError
+from blackhole.policy import Policy
 
 log = logging.getLogger("blackhole")
 
@@ -30,23 +32,43 @@ _stopping = False  # set in the master by a stop signal; inherited by any late f
 class Plan(NamedTuple):
     """Everything checked and bound before the first fork."""
 
-    listeners: list  # (sockets, implicit TLS) pairs
+    listeners: list  # (server.Listener, its bound sockets, its Policy)
     context: object  # the server SSLContext, or None
     account: object  # a privileges.Account, or None to stay as we are
 
 
-def prepare(values, settings):
-    """Check the certificate and account, then bind: each failure is one clear line."""
+def listeners(values):
+    """The listeners asked for: --listen/--ssl_listen, else the 1.x host and ports."""
+    if values.listen:
+        plain = server.parse_listeners(values.listen, implicit=False)
+    else:
+        plain = [server.Listener(values.host, values.port)]
+    implicit = []
+    if values.ssl_listen:
+        if not values.ssl:
+            raise BlackholeError("--ssl_listen needs --ssl=True")
+        implicit = server.parse_listeners(values.ssl_listen, implicit=True)
+    elif values.ssl:
+        implicit = [server.Listener(values.host, values.ssl_port, implicit=True)]
+    server.check_unique(plain + implicit)
+    return plain + implicit
+
+
+def prepare(values, settings, policy):
+    """Check listeners, certificate and account, then bind: each failure is one line."""
+    wanted = listeners(values)
     context = None
     if values.ssl:
         context = tls.server_context(values.ssl_cert, values.ssl_key,
                                      values.tls_min_version, settings.mailname)
     account = privileges.resolve(values.user, values.group)
     server.raise_file_limit()
-    listeners = [(server.bind(values.host, values.port), False)]
-    if context:
-        listeners.append((server.bind(values.host, values.ssl_port), True))
-    return Plan(listeners, context, account)
+    bound = []
+    for listener in wanted:
+        own = Policy(listener.mode or policy.mode,
+                     policy.delay if listener.delay is None else listener.delay)
+        bound.append((listener, server.bind(listener.host, listener.port), own))
+    return Plan(bound, context, account)
 
 
 def workers_of(pid):
@@ -111,13 +133,15 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
 
 
 def _announce(plan, values, settings, policy):
-    log.info("Listening on %s:%d, mode %s", values.host, values.port, policy.mode)
-    if plan.context:
-        log.info("Listening for SMTPS on %s:%d, STARTTLS offered on %d",
-                 values.host, values.ssl_port, values.port)
-        if values.ssl_cert is None and values.ssl_key is None:
-            log.info("No certificate configured: using a self-signed one for %s",
-                     settings.mailname)
+    for listener, _, own in plan.listeners:
+        delay = own.delay if isinstance(own.delay, tuple) else (own.delay,) * 2
+        log.info("Listening%s on %s, mode %s%s",
+                 " for SMTPS" if listener.implicit else "", listener, own.mode,
+                 f", delay {'-'.join(f'{d:g}' for d in sorted(set(delay)))}s"
+                 if own.delay else "")
+    if plan.context and values.ssl_cert is None and values.ssl_key is None:
+        log.info("No certificate configured: using a self-signed one for %s",
+                 settings.mailname)
 
 
 def _follow_master(master):
@@ -143,7 +167,7 @@ def _worker(plan, values, settings, policy, stderr, master):
     try:
         if plan.account:
             privileges.drop(plan.account)
-        asyncio.run(_serve(plan, settings, policy))
+        asyncio.run(_serve(plan, settings))
         code = 0
     except Exception:
         log.exception("Worker %d failed", os.getpid())
@@ -153,12 +177,12 @@ def _worker(plan, values, settings, policy, stderr, master):
         os._exit(code)
 
 
-async def _serve(plan, settings, policy):
+async def _serve(plan, settings):
     """Serve on the bound sockets until a stop signal arrives."""
     sessions = set()
     servers = []
-    for sockets, implicit in plan.listeners:
-        smtp = server.SMTPServer(settings, policy, plan.context, implicit, sessions)
+    for listener, sockets, own in plan.listeners:
+        smtp = server.SMTPServer(settings, own, plan.context, listener.implicit, sessions)
         smtp.add_sockets(sockets)
         servers.append(smtp)
     stop = asyncio.Event()
@@ -172,4 +196,4 @@ async def _serve(plan, settings, policy):
 
 def run(values, settings, policy):
     """The ``run`` action: serve in the foreground, logging to stderr too."""
-    return serve(prepare(values, settings), values, settings, policy, stderr=True)
+    return serve(prepare(values, settings, policy), values, settings, policy, stderr=True)

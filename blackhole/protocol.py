@@ -1,14 +1,17 @@
 """The SMTP session without I/O: bytes in, replies out.
 
 The session owns the receive buffer.  Complete command lines go through the
-command table; message data is counted and thrown away as it streams, so a
-session holds at most one command line whatever a client sends.
+command table; message data (DATA or BDAT chunks) is counted and thrown away
+as it streams, so a session holds at most one line whatever a client sends.
+Only the header section of a message is read, for its X-Blackhole-* switches.
 """
 
+import base64
+import binascii
 import logging
 import random
 
-from blackhole import replies
+from blackhole import auth, policy, replies
 from blackhole.commands import COMMANDS, MAX_LINE, Phase, Refusal
 
 log = logging.getLogger("blackhole")
@@ -16,6 +19,8 @@ log = logging.getLogger("blackhole")
 MAX_ERRORS = 10  # bad commands before 421 and close
 MAX_BATCH = 256  # replies owed at once; the rest of the input waits its turn
 MAX_DATA_LINE = 1000  # octets with the line ending (RFC 5321 4.5.3.1.6)
+MAX_AUTH_LINE = 12288  # octets of an AUTH response (RFC 4954 4)
+_SWITCHES = {b"x-blackhole-mode": "mode", b"x-blackhole-delay": "delay"}
 _END_OF_DATA = b"\r\n.\r\n"  # the only end of data (RFC 5321 4.1.1.4)
 
 
@@ -30,9 +35,10 @@ class Session:
     __slots__ = (
         "settings", "policy", "ident", "phase", "extended", "smtputf8",
         "recipients", "errors", "closing", "in_data", "backlog", "message_size",
-        "starttls_offered", "secure", "tls_pending",
-        "_out", "_consume", "_unread", "_discarding", "_tail", "_size", "_dots",
-        "_line", "_long_line", "_debug_line",
+        "starttls_offered", "secure", "tls_pending", "authenticated", "bdat",
+        "binarymime", "_out", "_consume", "_unread", "_discarding", "_tail",
+        "_size", "_dots", "_line", "_long_line", "_debug_line", "_switches",
+        "_header_line", "_chunk_left", "_chunk_reply", "_chunk_refused", "_auth",
     )
 
     def __init__(self, settings, policy, starttls=False, secure=False):
@@ -41,19 +47,22 @@ class Session:
         self.starttls_offered = starttls and not secure
         self.secure = secure  # inside TLS
         self.tls_pending = False  # STARTTLS answered; the handshake is next
+        self.authenticated = False
         self.ident = new_ident() if settings.debug else None
         self.phase = Phase.CONNECTED
         self.extended = False  # EHLO rather than HELO
         self.smtputf8 = False  # MAIL FROM carried SMTPUTF8
+        self.binarymime = False  # MAIL FROM carried BODY=BINARYMIME
+        self.bdat = False  # this transaction's data comes in BDAT chunks
         self.recipients = 0
         self.errors = 0
         self.closing = False  # a reply that closes the connection was given
-        self.in_data = False  # between DATA's 354 and the end of the data
+        self.in_data = False  # message data is streaming in (DATA or a BDAT chunk)
         self.backlog = False  # input is left over: call receive(b"") before reading
         self.message_size = 0  # of the last message, after dot-unstuffing
         self._out = []
         self._consume = self._commands
-        self._unread = b""  # a command line not yet ended, or a batch's leftover
+        self._unread = b""  # a line not yet ended, or a batch's leftover
         self._discarding = False  # skipping the rest of an overlong line
 
     def receive(self, data):
@@ -89,25 +98,54 @@ class Session:
         self.phase = Phase.GREETED
         self.extended = extended
 
-    def begin_transaction(self, smtputf8):
+    def begin_transaction(self, smtputf8, binarymime):
         self.phase = Phase.MAIL
         self.smtputf8 = smtputf8
+        self.binarymime = binarymime
+        self.bdat = False
         self.recipients = 0
+        self.message_size = 0
 
     def add_recipient(self):
         self.phase = Phase.RCPT
         self.recipients += 1
 
     def start_data(self):
+        """DATA accepted: the message streams in up to <CRLF>.<CRLF>."""
         self.in_data = True
         self._consume = self._data
         self._tail = b"\r\n"  # the DATA line's own CRLF precedes the data
         self._size = self._dots = self._line = 0
         self._long_line = False
         self._debug_line = b""
+        self._start_headers()
 
-    def begin_tls(self):
-        self.tls_pending = True
+    def start_chunk(self, size, reply, refused=False):
+        """BDAT (RFC 3030 2): take exactly ``size`` octets, then answer ``reply``.
+
+        ``reply`` is None for the LAST chunk, whose answer is the end-of-data
+        one. A refused chunk is read all the same, then refused.
+        """
+        if not (refused or self.bdat):
+            self.bdat = True
+            self._size = 0
+            self._start_headers()
+        self._chunk_left = size
+        self._chunk_reply = reply
+        self._chunk_refused = refused
+        self.in_data = True
+        self._consume = self._chunk
+        if size == 0:
+            self._end_of_chunk()
+
+    def start_auth(self, exchange):
+        """AUTH (RFC 4954 4): run a mechanism's exchange of 334 challenges.
+
+        ``exchange`` is a generator: it yields challenges, is sent the decoded
+        responses and returns the credentials.
+        """
+        self._auth = exchange
+        self._auth_next(None)
 
     def tls_started(self):
         """RFC 3207 4.2: after the handshake, forget all the client said."""
@@ -116,6 +154,10 @@ class Session:
         self.starttls_offered = False
         self.phase = Phase.CONNECTED
         self.extended = False
+        self.authenticated = False
+
+    def begin_tls(self):
+        self.tls_pending = True
 
     def renew_ident(self):
         if self.ident:
@@ -125,54 +167,65 @@ class Session:
 
     # Commands.
 
-    def _answer(self, reply):
+    def _answer(self, reply, pause=None):
         if reply.error:
             self.errors += 1
             if self.errors >= MAX_ERRORS:
                 reply = replies.TOO_MANY_ERRORS
-        if self.policy.delay:
-            self._out.append(self.policy.delay)
+        if pause is None:
+            pause = self.policy.pause() if self.policy.delay else 0
+        if pause:
+            self._out.append(pause)
         self._out.append(reply)
         if reply.closes:
             self.closing = True
 
-    def _commands(self, data, pos):
+    def _line_from(self, data, pos, limit):
+        """The next complete line (without its ending) and where the rest starts.
+
+        Returns (None, end) while the line is incomplete; a line longer than
+        ``limit`` is answered at once and dropped up to its newline.
+        """
         end = len(data)
         newline = data.find(b"\n", pos)
         if self._discarding:
-            if newline < 0:
-                return end
-            self._discarding = False
-            return newline + 1
+            if newline >= 0:
+                self._discarding = False
+            return None, end if newline < 0 else newline + 1
         if newline < 0:
-            if end - pos > MAX_LINE:
-                # Answer now and drop input up to the next newline, so an
-                # endless line costs nothing (RFC 5321 4.5.3.1.4).
+            if end - pos > limit:
                 self._discarding = True
-                self._answer(replies.LINE_TOO_LONG)
+                self._too_long()
             else:
                 self._unread = data[pos:]
-            return end
-        command = self._command(data[pos:newline], newline + 1 - pos)
+            return None, end
+        if newline + 1 - pos > limit:
+            self._too_long()
+            return None, newline + 1
+        return data[pos:newline], newline + 1
+
+    def _too_long(self):
+        self._consume = self._commands  # an AUTH exchange ends there too
+        self._answer(replies.LINE_TOO_LONG)
+
+    def _commands(self, data, pos):
+        raw, after = self._line_from(data, pos, MAX_LINE)
+        if raw is None:
+            return after
+        command = self._command(raw, after - pos)
         if (
             self.ident
             and command is not None
             and command.ends_group
-            and newline + 1 < end
-            and not self.in_data
+            and after < len(data)
+            and self._consume == self._commands
         ):
             log.debug("[%s] Client pipelined past a group end (RFC 2920 3.1)",
                       self.ident)
-        return newline + 1
+        return after
 
     def _command(self, raw, length):
         """Answer one command line; return its table row, if it has one."""
-        if length > MAX_LINE:
-            # Too long for any verb, whatever it holds and however it arrived.
-            if self.ident:
-                log.debug("[%s] RECV: %r...", self.ident, raw[:80])
-            self._answer(replies.LINE_TOO_LONG)
-            return None
         try:
             line = raw.decode().rstrip("\r ")
         except UnicodeDecodeError:
@@ -182,11 +235,12 @@ class Session:
                 log.debug("[%s] RECV: %r", self.ident, raw)
             self._answer(replies.BAD_CHARACTERS)
             return None
-        if self.ident:
-            log.debug("[%s] RECV: %s", self.ident, line)
         verb, _, arg = line.partition(" ")
         # isascii: str.upper() would turn "QUıT" into "QUIT".
         command = COMMANDS.get(verb.upper()) if verb.isascii() else None
+        if self.ident:
+            shown = line if command is None or not command.secret else f"{verb} ****"
+            log.debug("[%s] RECV: %s", self.ident, shown)
         if command is None:
             reply = replies.UNKNOWN_COMMAND
         elif length > command.max_line:
@@ -200,10 +254,70 @@ class Session:
                     reply = refusal.reply
                 if command.resets and reply.code < 400:
                     self.phase = min(self.phase, Phase.GREETED)
-        self._answer(reply)
+        if reply is not None:  # None: a BDAT chunk or an AUTH exchange answers later
+            self._answer(reply)
         return command
 
+    # AUTH exchanges (RFC 4954 4): one line per 334 challenge.
+
+    def _auth_line(self, data, pos):
+        raw, after = self._line_from(data, pos, MAX_AUTH_LINE)
+        if raw is None:
+            return after
+        if self.ident:
+            log.debug("[%s] RECV: ****", self.ident)  # credentials stay out of logs
+        self._consume = self._commands
+        response = raw.rstrip(b"\r")
+        if response == b"*":
+            self._answer(replies.AUTH_ABORTED)
+            return after
+        try:
+            decoded = base64.b64decode(response, validate=True)
+        except binascii.Error:
+            self._answer(replies.AUTH_BAD_BASE64)
+            return after
+        self._auth_next(decoded)
+        return after
+
+    def _auth_next(self, response):
+        """Send the exchange a response: its next challenge, or its verdict."""
+        try:
+            challenge = self._auth.send(response)
+        except StopIteration as done:
+            self.authenticated = auth.verdict(done.value)
+            self._answer(replies.AUTH_OK if self.authenticated else replies.AUTH_FAILED)
+            return
+        self._consume = self._auth_line
+        self._answer(auth.challenge(challenge))
+
     # Message data, counted and discarded as it streams.
+
+    def _start_headers(self):
+        """Read the header section for switches, unless --dynamic_switch=False."""
+        self._switches = {}
+        self._header_line = b"" if self.settings.dynamic_switch else None
+
+    def _scan_headers(self, data, pos, stop):
+        """Look for X-Blackhole-* among the header lines, up to the blank line.
+
+        Only a partial line is kept between reads, at most MAX_DATA_LINE octets.
+        """
+        while True:
+            newline = data.find(b"\n", pos, stop)
+            if newline < 0:
+                if len(self._header_line) < MAX_DATA_LINE:
+                    self._header_line += data[pos : min(stop, pos + MAX_DATA_LINE)]
+                return
+            line = (self._header_line + data[pos:newline]).rstrip(b"\r")
+            self._header_line = b""
+            pos = newline + 1
+            if not line:  # the end of the header section (RFC 5322 2.1)
+                self._header_line = None  # the body is never read
+                return
+            name, colon, value = line.partition(b":")
+            switch = _SWITCHES.get(name.strip().lower()) if colon else None
+            if switch:
+                policy.switch(switch, value.decode("latin-1"), self._switches)
 
     def _data(self, data, pos):
         end = len(data)
@@ -221,6 +335,8 @@ class Session:
         self._dots += data.count(b"\r\n.", pos, stop) + (
             (tail[-2:] + data[pos : pos + 2]).find(b"\r\n.") in (0, 1)
         )
+        if self._header_line is not None:
+            self._scan_headers(data, pos, stop)
         if not self._long_line:
             self._check_lines(data, pos, stop)
         if self.ident:
@@ -228,8 +344,38 @@ class Session:
         self._tail = data[stop - 4 : stop] if stop - pos >= 4 else (tail + data[pos:stop])[-4:]
         if found < 0:
             return end
-        self._end_of_data()
+        # The terminator's ".\r\n" and its one dot are not message content.
+        self._end_of_message(self._size - self._dots - 2, self._long_line)
         return stop
+
+    def _chunk(self, data, pos):
+        stop = min(len(data), pos + self._chunk_left)
+        self._chunk_left -= stop - pos
+        if not self._chunk_refused:
+            self._size += stop - pos
+            if self._header_line is not None:
+                self._scan_headers(data, pos, stop)
+        if self.ident:
+            log.debug("[%s] RECV: %d octets of BDAT data", self.ident, stop - pos)
+        if not self._chunk_left:
+            self._end_of_chunk()
+        return stop
+
+    def _end_of_chunk(self):
+        self.in_data = False
+        self._consume = self._commands
+        limit = self.settings.message_size_limit
+        reply = self._chunk_reply
+        if self._chunk_refused:
+            self._answer(reply)
+        elif limit and self._size > limit:
+            # RFC 3030 2: the transaction fails; later chunks are refused.
+            self.phase = Phase.GREETED
+            self._answer(replies.SIZE_EXCEEDED)
+        elif reply is None:
+            self._end_of_message(self._size, False)
+        else:
+            self._answer(reply)
 
     def _check_lines(self, data, pos, stop):
         """Flag a line of more than MAX_DATA_LINE octets, without splitting lines."""
@@ -263,18 +409,16 @@ class Session:
             log.debug("[%s] RECV: %s", self.ident,
                       line.rstrip(b"\r").decode("utf-8", "replace"))
 
-    def _end_of_data(self):
+    def _end_of_message(self, size, long_line):
+        """The whole message is in: answer by size, line length, then policy."""
         self.in_data = False
         self._consume = self._commands
         self.phase = Phase.GREETED
-        # The terminator's ".\r\n" and its one dot are not message content.
-        self.message_size = size = self._size - self._dots - 2
+        self.message_size = size
         limit = self.settings.message_size_limit
         if limit and size > limit:
-            reply = replies.SIZE_EXCEEDED
-        elif self._long_line:
-            reply = replies.DATA_LINE_TOO_LONG
+            self._answer(replies.SIZE_EXCEEDED)
+        elif long_line:
+            self._answer(replies.DATA_LINE_TOO_LONG)
         else:
-            reply = self.policy.end_of_data()
-        self._answer(reply)
-
+            self._answer(*self.policy.end_of_data(self._switches))

@@ -1,9 +1,15 @@
-"""The listeners: sockets bound at startup and the TCPServer that serves them."""
+"""The listeners: what to listen on, the sockets bound at startup, the TCPServer.
+
+Besides the 1.x ``--host``/``--port``/``--ssl_port``, ``--listen`` and
+``--ssl_listen`` take entries like ``:2525 mode=bounce delay=1-5``, each
+listener answering with its own mode and delay.
+"""
 
 import asyncio
 import errno
 import resource
 import socket
+from typing import NamedTuple
 
 from tornado.netutil import bind_sockets
 from tornado.tcpserver import TCPServer
@@ -11,14 +17,69 @@ from tornado.tcpserver import TCPServer
 from blackhole import replies
 from blackhole.errors import BlackholeError
 from blackhole.mailstate import MailState
+from blackhole.policy import MODES, delay_range
 
 BACKLOG = 1024  # pending connections per listener; load tests open them in bursts
 SPARE_FILES = 64  # descriptors kept free for logs and listeners
 
 
+class Listener(NamedTuple):
+    """One address to serve, and how: implicit TLS, its own mode and delay."""
+
+    host: str
+    port: int
+    implicit: bool = False
+    mode: str = None  # None: --mode
+    delay: object = None  # seconds or a (min, max) range; None: --delay
+
+    def __str__(self):
+        return address(self.host, self.port)
+
+
+def address(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_listeners(text, implicit):
+    """``[host]:port [mode=M] [delay=N|MIN-MAX]`` entries, separated by commas.
+
+    ``:2525`` is every IPv4 address, ``:::2525`` every IPv6 one, ``[::1]:2525``
+    one IPv6 address.
+    """
+    listeners = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        where, *settings = entry.split()
+        host, colon, port = where.rpartition(":")
+        if not (colon and port.isdigit() and 0 < int(port) < 65536):
+            raise BlackholeError(f"Invalid listener '{entry}': expected [host]:port")
+        host = host.strip("[]") or "0.0.0.0"
+        options = {}
+        for setting in settings:
+            name, equals, value = setting.partition("=")
+            if not equals or name not in ("mode", "delay") or name in options:
+                raise BlackholeError(f"Invalid listener '{entry}': unknown setting '{setting}'")
+            options[name] = value
+        if options.get("mode", "accept") not in MODES:
+            raise BlackholeError(f"Invalid listener '{entry}': unknown mode")
+        try:
+            delay = delay_range(options["delay"]) if "delay" in options else None
+        except ValueError:
+            raise BlackholeError(f"Invalid listener '{entry}': bad delay") from None
+        listeners.append(Listener(host, int(port), implicit, options.get("mode"), delay))
+    return listeners
+
+
+def check_unique(listeners):
+    seen = set()
+    for listener in listeners:
+        if (listener.host, listener.port) in seen:
+            raise BlackholeError(f"Duplicate listener {listener}")
+        seen.add((listener.host, listener.port))
+
+
 def bind(host, port):
-    """Bind the plain SMTP port, turning the usual failures into one clear line."""
-    where = f"{host}:{port}"
+    """Bind one address, turning the usual failures into one clear line."""
+    where = address(host, port)
     try:
         return bind_sockets(port, address=host or None, backlog=BACKLOG)
     except (socket.gaierror, UnicodeError):

@@ -33,8 +33,9 @@ async def test_ehlo_advertises_the_extensions(connect):
     code, text = await client.command("EHLO client.example")
     assert code == 250
     assert text.split("\n") == [
-        expected_mailname(), "PIPELINING", "SIZE 512000", "8BITMIME", "SMTPUTF8",
-        "ENHANCEDSTATUSCODES", "VRFY", "DSN", "HELP",
+        expected_mailname(), "PIPELINING", "SIZE 512000", "8BITMIME", "BINARYMIME",
+        "CHUNKING", "SMTPUTF8", "AUTH PLAIN LOGIN CRAM-MD5", "ENHANCEDSTATUSCODES",
+        "VRFY", "EXPN", "ETRN", "DSN", "HELP",
     ]
 
 
@@ -219,7 +220,8 @@ async def test_help_lists_verbs_and_their_syntax(connect):
     client = await connect()
     code, text = await client.command("HELP")
     assert code == 214
-    assert "DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET STARTTLS VRFY" in text
+    assert ("AUTH BDAT DATA EHLO ETRN EXPN HELO HELP MAIL NOOP QUIT RCPT RSET STARTTLS VRFY"
+            in text)
     code, text = await client.command("help rcpt")
     assert code == 214 and text.startswith("2.0.0 RCPT TO:<address>")
 
