@@ -48,7 +48,7 @@ class Command(NamedTuple):
     ends_group: bool = False  # RFC 2920 3.1: the client must wait for the reply
     resets: bool = False  # success ends any transaction (RFC 5321 4.1.1.1, 4.1.1.5)
     max_line: int = 512  # octets with CRLF (RFC 5321 4.5.3.1.4, plus allowances)
-    secret: bool = False  # the argument never reaches the log
+    secret: bool = False  # only the argument's first word reaches the log
 
 
 def ehlo_keywords(settings, starttls):

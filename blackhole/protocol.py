@@ -239,7 +239,9 @@ class Session:
         # isascii: str.upper() would turn "QUıT" into "QUIT".
         command = COMMANDS.get(verb.upper()) if verb.isascii() else None
         if self.ident:
-            shown = line if command is None or not command.secret else f"{verb} ****"
+            shown = line
+            if command is not None and command.secret and " " in arg:
+                shown = f"{verb} {arg.partition(' ')[0]} ****"
             log.debug("[%s] RECV: %s", self.ident, shown)
         if command is None:
             reply = replies.UNKNOWN_COMMAND

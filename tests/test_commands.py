@@ -238,3 +238,21 @@ async def test_every_2xx_4xx_5xx_reply_carries_an_enhanced_code(connect):
             continue  # RFC 2034 3: HELO/EHLO replies carry none
         for part in text.split("\n"):
             assert ENHANCED.match(part) and part[0] == str(code)[0], (line, code, part)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("line, reply", [
+    ("VRFY pass=alice@example.com", (250, "2.0.0 pass=alice@example.com")),
+    ("VRFY fail=bob@example.com", (550, "5.7.1 fail=bob@example.com unknown")),
+    ("VRFY carol@example.com", (252, "2.0.0 OK, cannot VRFY user but will attempt delivery")),
+    ("EXPN list2", (250, "2.1.5 Dave <dave@example.com>\n2.1.5 Erin <erin@example.com>")),
+    ("EXPN nolist", (550, "5.1.1 nolist unknown")),
+    ("EXPN fail=list1", (550, "5.1.1 fail=list1 unknown")),
+    ("EXPN", (501, "5.5.4 Syntax: EXPN list")),
+    ("ETRN example.com", (250, "2.0.0 Queuing for node example.com started")),
+    ("ETRN", (501, "5.5.4 Syntax: ETRN node")),
+])
+async def test_vrfy_expn_and_etrn(connect, line, reply):
+    client = await connect()
+    await client.command("EHLO client.example")
+    assert await client.command(line) == reply
