@@ -1,5 +1,6 @@
 """The blackhole command: ``blackhole [--option=value ...] ACTION``."""
 
+import os
 import sys
 
 from blackhole import __version__, daemon, options, process
@@ -29,6 +30,11 @@ def _action(actions):
 def main(args=None):
     """Run the command; return its exit code (0 ok, 1 failure, 2 bad action)."""
     args = sys.argv[1:] if args is None else args
+    for fd in (0, 1, 2):  # closed stdio would hand its numbers to our sockets
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)
     if "-h" in args or "--help" in args:
         print(options.help_text(USAGE))
         return 0

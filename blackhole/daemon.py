@@ -24,6 +24,17 @@ def read_pid(path):
     return int(text) if text.isdigit() else 0
 
 
+def write_pid(path):
+    """``<pid>\n``, in a file that is not a symbolic link someone left there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as error:
+        raise BlackholeError(f"Cannot write pidfile {path}: {error.strerror}") from None
+    with open(fd, "w") as pidfile:
+        pidfile.write(f"{os.getpid()}\n")
+
+
 def is_blackhole(pid):
     """A live blackhole process (not a zombie, not a reused pid)."""
     try:
@@ -74,14 +85,18 @@ def stop(values, settings, policy):
     if pid is None:
         return 0
     group = [pid, *process.workers_of(pid)]
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except PermissionError:
+        raise BlackholeError(f"Permission denied, could not stop pid {pid}") from None
     if not _gone(group, STOP_TIMEOUT):
         for member in group:
             try:
                 os.kill(member, signal.SIGKILL)
             except ProcessLookupError:
                 pass  # ended between the check and the kill
-        _gone(group, 5)
+        if not _gone(group, 5):
+            raise BlackholeError(f"pid {pid} would not stop")
     _remove(values.pid)
     return 0
 
@@ -130,13 +145,12 @@ def start(values, settings, policy):
 
     code = 1
     try:
-        with open(values.pid, "w") as pidfile:
-            pidfile.write(f"{os.getpid()}\n")
+        write_pid(values.pid)
         code = process.serve(plan, values, settings, policy, ready=lambda: tell("ok"))
     except BlackholeError as error:
         tell(str(error))
     except OSError as error:
-        tell(f"Cannot write pidfile {values.pid}: {error.strerror}")
+        tell(f"{error.strerror or error}: {error.filename or 'starting the daemon'}")
     finally:
         if read_pid(values.pid) == os.getpid():
             _remove(values.pid)

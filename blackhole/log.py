@@ -7,6 +7,7 @@ has no sessions, writes directly.
 
 import logging
 import logging.handlers
+import os
 import queue
 import sys
 
@@ -17,6 +18,14 @@ FORMAT = "%(asctime)s - %(message)s"  # the 1.x format
 _file_handlers = []
 
 
+class LogFile(logging.FileHandler):
+    """The log file, opened for appending without following a symbolic link."""
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        return open(os.open(self.baseFilename, flags, 0o640), "a", encoding=self.encoding)
+
+
 def configure(path, debug=False, stderr=False, threaded=False):
     """Send every log record to ``path`` (appended) and maybe stderr.
 
@@ -24,7 +33,7 @@ def configure(path, debug=False, stderr=False, threaded=False):
     else None.  Replaces whatever handlers were there (a forked worker's).
     """
     try:
-        handlers = [logging.FileHandler(path, encoding="utf-8")]
+        handlers = [LogFile(path, encoding="utf-8")]
     except OSError as error:
         raise BlackholeError(
             f"Cannot open log file '{path}': {error.strerror or error}"
@@ -52,7 +61,25 @@ def configure(path, debug=False, stderr=False, threaded=False):
     return listener
 
 
-def reopen():
-    """SIGHUP: reopen the log file, which logrotate may have moved away."""
+def reopen(owner=None):
+    """SIGHUP: reopen the log file, which logrotate may have moved away.
+
+    ``owner``: (uid, gid) to give a file created anew, so workers that have
+    switched account can reopen it after the master.
+    """
     for handler in _file_handlers:
-        handler.close()  # the next record opens the path anew
+        with handler.lock:
+            try:
+                stream = handler._open()
+            except OSError:
+                continue  # keep writing where we were rather than nowhere
+            handler.stream.close()
+            handler.stream = stream
+        if owner:
+            chown(owner)
+
+
+def chown(owner):
+    """Give the open log file to (uid, gid)."""
+    for handler in _file_handlers:
+        os.fchown(handler.stream.fileno(), *owner)

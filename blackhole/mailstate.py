@@ -116,7 +116,15 @@ class MailState:
         """
         self._idle_since = self._loop.time()  # a stalled handshake is an idle client
         plain, self.stream = self.stream, None  # start_tls takes the socket over
-        self._handshake = plain.start_tls(server_side=True, ssl_options=self.tls)
+        try:
+            self._handshake = plain.start_tls(server_side=True, ssl_options=self.tls)
+        except ValueError:
+            # Tornado read plaintext the client sent after STARTTLS without
+            # waiting for our 220: an injection attempt (RFC 3207 5). Drop it all.
+            if self.session.ident:
+                log.debug("[%s] Plaintext after STARTTLS: closing", self.session.ident)
+            plain.close()
+            raise StreamClosedError() from None
         try:
             self.stream = await self._handshake
         except (asyncio.CancelledError, ssl.SSLError, OSError) as error:

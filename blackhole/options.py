@@ -52,6 +52,7 @@ OPTIONS = (
 _METAVARS = {str: "TEXT", int: "N", bool: "BOOL"}
 _KINDS = {str: "a string", int: "an integer", bool: "True or False"}
 TYPES = {name: kind for _, name, kind, _, _ in OPTIONS}
+_PATHS = ("pid", "log", "ssl_cert", "ssl_key")
 _OPTIONAL = {name for _, name, _, default, _ in OPTIONS if default is None}
 _RANGES = {
     "port": (1, 65535), "ssl_port": (1, 65535), "timeout": (1, None),
@@ -140,6 +141,9 @@ def parse(args):
     if parser.conf:
         apply_config(parser, parser.conf)
     _validate(parser)
+    for name in _PATHS:  # the daemon works from /, so relative paths would move
+        if parser[name]:
+            setattr(parser, name, os.path.abspath(parser[name]))
     return actions, parser
 
 

@@ -26,7 +26,9 @@ log = logging.getLogger("blackhole")
 
 GRACE = 10  # seconds sessions in flight get to finish after a stop signal
 MAX_RESTARTS = 100  # crashed workers replaced before the master gives up
-_stopping = False  # set in the master by a stop signal; inherited by any late fork
+_stopping = False  # set by a stop signal; a worker forked or signalled early sees it
+_master = None  # the master's pid
+_owner = None  # (uid, gid) the log file belongs to, when workers switch account
 
 
 class Plan(NamedTuple):
@@ -89,16 +91,20 @@ def _signal_workers(signum):
 
 
 def _on_stop(signum, frame):
+    """In the master: pass the stop on. In a worker not yet serving: remember it."""
     global _stopping
-    if not _stopping:
-        _stopping = True
+    first, _stopping = not _stopping, True
+    if os.getpid() != _master:
+        return
+    if first:
         log.info("Stopping")
     _signal_workers(signal.SIGTERM)
 
 
 def _on_hangup(signum, frame):
-    logs.reopen()
-    _signal_workers(signal.SIGHUP)
+    if os.getpid() == _master:
+        logs.reopen(_owner)
+        _signal_workers(signal.SIGHUP)
 
 
 def serve(plan, values, settings, policy, stderr=False, ready=None):
@@ -107,10 +113,12 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
     ``ready`` is called once everything is listening, just before the fork.
     Workers never return from here.
     """
+    global _master, _owner
     setproctitle.setproctitle("blackhole: master")
     logs.configure(values.log, values.debug, stderr)
-    if plan.account:
-        os.chown(values.log, plan.account.uid, plan.account.gid)  # so workers can reopen it
+    _owner = plan.account and (plan.account.uid, plan.account.gid)
+    if _owner:
+        logs.chown(_owner)  # so workers can write to it, and to the next after a SIGHUP
     elif os.geteuid() == 0:
         log.warning("Running as root: there is no '%s' account (see --user, --group)",
                     values.user)
@@ -120,7 +128,7 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
         signal.signal(signum, handler)
     if ready:
         ready()
-    master = os.getpid()
+    master = _master = os.getpid()
     try:
         fork_processes(values.workers, max_restarts=MAX_RESTARTS)
     except SystemExit:  # fork_processes: every worker exited cleanly
@@ -145,7 +153,10 @@ def _announce(plan, values, settings, policy):
 
 
 def _follow_master(master):
-    """Linux: have the kernel send SIGTERM when the master dies, even by SIGKILL."""
+    """Linux: have the kernel send SIGTERM when the master dies, even by SIGKILL.
+
+    Called after the switch of account, which would clear it.
+    """
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -158,15 +169,14 @@ def _worker(plan, values, settings, policy, stderr, master):
     """A forked worker: switch account, serve until told to stop, and exit."""
     if _stopping:
         os._exit(0)  # forked as a replacement while the master was stopping
-    _follow_master(master)
     setproctitle.setproctitle("blackhole: worker")
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
+    # Until the event loop takes the signals over, _on_stop only sets _stopping.
     listener = logs.configure(values.log, values.debug, stderr, threaded=True)
     code = 1  # non-zero: fork_processes replaces the worker
     try:
         if plan.account:
             privileges.drop(plan.account)
+        _follow_master(master)
         asyncio.run(_serve(plan, settings))
         code = 0
     except Exception:
@@ -190,6 +200,8 @@ async def _serve(plan, settings):
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, logs.reopen)
+    if _stopping:  # told to stop before the loop could hear it
+        stop.set()
     await stop.wait()
     await server.drain(servers, GRACE)
 

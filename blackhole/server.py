@@ -127,7 +127,8 @@ class SMTPServer(TCPServer):
 
     async def handle_stream(self, stream, address):
         if len(self.sessions) >= self.max_connections:
-            stream.write(replies.TOO_MANY_CONNECTIONS.wire)
+            if not self.implicit:  # plaintext would mean nothing to a TLS client
+                stream.write(replies.TOO_MANY_CONNECTIONS.wire)
             stream.close()
             return
         state = MailState(stream, address, self.settings, self.policy, self.tls,

@@ -33,6 +33,7 @@ def server_context(cert=None, key=None, min_version="1.2", mailname="localhost")
             f"Unknown TLS version '{min_version}': choose one of {', '.join(VERSIONS)}"
         )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.options |= ssl.OP_NO_RENEGOTIATION  # a client cannot make us redo handshakes
     if VERSIONS[min_version] < ssl.TLSVersion.TLSv1_2:
         # Asked for on purpose, to test old senders: OpenSSL 3 also needs
         # security level 0 before it will speak TLS 1.0 or 1.1.
@@ -62,11 +63,16 @@ def _load(context, cert, key):
     if key is not None and not os.path.isfile(key):
         raise BlackholeError(f"Keyfile '{key}' does not exist")
     try:
-        context.load_cert_chain(cert, key)
+        # A passphrase cannot be asked for: an encrypted key fails to load.
+        context.load_cert_chain(cert, key, password=lambda: b"")
     except PermissionError as error:
         raise BlackholeError(f"Cannot read '{error.filename}': Permission denied") from None
-    except ssl.SSLError as error:
-        if error.reason == "KEY_VALUES_MISMATCH":
+    except (ssl.SSLError, OSError) as error:
+        if _encrypted(key or cert):
+            raise BlackholeError(
+                f"Key '{key or cert}' is encrypted: give blackhole an unencrypted key"
+            ) from None
+        if getattr(error, "reason", None) == "KEY_VALUES_MISMATCH":
             raise BlackholeError(
                 f"Certificate '{cert}' and key '{key}' do not match"
             ) from None
@@ -75,6 +81,15 @@ def _load(context, cert, key):
         raise BlackholeError(
             f"Certificate '{cert}' or key '{key}' is not a valid PEM file"
         ) from None
+
+
+def _encrypted(path):
+    """A PEM key protected by a passphrase (PKCS#8 or the older OpenSSL form)."""
+    try:
+        with open(path, "rb") as pem:
+            return b"ENCRYPTED" in pem.read(1 << 20)
+    except OSError:
+        return False
 
 
 def self_signed(mailname):

@@ -1,18 +1,21 @@
 """start/stop/status/restart, workers and privileges, through the real command."""
 
 import os
+import shutil
 import signal
 import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from blackhole.daemon import is_blackhole
 from blackhole.process import workers_of
-from tests.conftest import HOST, blackhole, free_port
+from tests.conftest import HOST, blackhole, free_port, stop_by_pid, wait_for_port
 
 
 class Daemon:
@@ -193,12 +196,28 @@ def test_workers_are_forked_titled_and_replaced(daemon):
 
 
 def test_a_killed_master_takes_its_workers_along(daemon):
-    bh = daemon("--workers=2")
+    # As root the workers switch account, which must not cancel this.
+    switch = ("--user=nobody", "--group=nogroup") if os.geteuid() == 0 else ()
+    bh = daemon("--workers=2", *switch)
     assert bh("start").returncode == 0
     wait_until(lambda: len(workers_of(bh.pid)) == 2)
     workers = workers_of(bh.pid)
     os.kill(bh.pid, signal.SIGKILL)
     wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers))
+
+
+def test_stop_right_after_start_never_hangs(daemon):
+    """A stop that reaches workers before their event loop does is not lost."""
+    bh = daemon("--workers=4")
+    for _ in range(10):
+        master = subprocess.Popen([sys.executable, "-m", "blackhole", *bh.options, "run"],
+                                  stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(bh.port, master)
+            master.send_signal(signal.SIGTERM)  # while the workers are still starting
+            assert master.wait(timeout=8) == 0
+        finally:
+            stop_by_pid(master)
 
 
 def test_stop_lets_a_message_in_flight_finish(daemon):
@@ -221,8 +240,21 @@ def test_stop_lets_a_message_in_flight_finish(daemon):
     assert not bh.pidfile.exists()
 
 
-def test_sighup_reopens_the_log_file(daemon):
-    bh = daemon("--workers=1", "--debug")
+def test_sighup_reopens_the_log_file(daemon, tmp_path):
+    # As root the workers run as nobody: the master must hand them the new file,
+    # in a directory nobody can reach, as /var/log is (pytest's tmp_path is not).
+    switch = ("--user=nobody", "--group=nogroup") if os.geteuid() == 0 else ()
+    logs = Path(tempfile.mkdtemp(prefix="blackhole-logs-"))
+    logs.chmod(0o755)
+    bh = daemon("--workers=1", "--debug", f"--log={logs}/blackhole.log", *switch)
+    bh.logfile = logs / "blackhole.log"
+    try:
+        run_sighup_rotation(bh)
+    finally:
+        shutil.rmtree(logs)
+
+
+def run_sighup_rotation(bh):
     assert bh("start").returncode == 0
     bh.logfile.rename(bh.logfile.with_suffix(".1"))  # what logrotate does
     os.kill(bh.pid, signal.SIGHUP)
@@ -230,6 +262,36 @@ def test_sighup_reopens_the_log_file(daemon):
     bh.send()
     wait_until(lambda: bh.logfile.exists() and "RECV: QUIT" in bh.logfile.read_text())
     assert bh("stop").returncode == 0
+
+
+def test_start_with_closed_stdio_and_relative_paths(daemon, tmp_path):
+    bh = daemon()
+    options = [o for o in bh.options if not o.startswith(("--pid=", "--log="))]
+    command = " ".join([sys.executable, "-m", "blackhole", *options, "--pid=rel.pid",
+                        "--log=rel.log", "start"])
+    result = subprocess.run(["sh", "-c", f"cd {tmp_path} && PYTHONPATH={os.getcwd()} "
+                             f"exec {command} <&- >&-"], capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    bh.pidfile = tmp_path / "rel.pid"  # relative to where start ran, not to /
+    assert bh.send() == {}
+    assert (tmp_path / "rel.log").exists()
+    assert bh("stop", f"--pid={bh.pidfile}").returncode == 0
+    assert not bh.pidfile.exists()
+
+
+def test_pid_and_log_files_are_never_symbolic_links(daemon, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    bh = daemon()
+    bh.logfile.symlink_to(victim)
+    result = bh("start")
+    assert result.returncode == 1 and "Cannot open log file" in result.stderr
+    bh.logfile.unlink()
+    planted = tmp_path / "planted"  # a dangling link would make root create this file
+    bh.pidfile.symlink_to(planted)
+    result = bh("start")
+    assert result.returncode == 1 and "Cannot write pidfile" in result.stderr
+    assert victim.read_text() == "precious\n" and not planted.exists()
 
 
 @pytest.mark.parametrize("option, message", [

@@ -77,7 +77,9 @@ def test_init_script_start_status_restart_stop(deployment):
     first = int(pidfile.read_text())
     assert is_blackhole(first) and send(port) == {}
     status = init("status", env)
-    assert status.returncode == 0 and "is running" in status.stdout
+    assert (status.returncode, status.stdout) == (0, "running\n")
+    assert init("start", env).returncode == 0  # LSB: starting a started service is fine
+    assert int(pidfile.read_text()) == first
     restarted = init("restart", env)
     assert restarted.returncode == 0, restarted
     second = int(pidfile.read_text())
@@ -86,8 +88,24 @@ def test_init_script_start_status_restart_stop(deployment):
     assert init("stop", env).returncode == 0
     assert not pidfile.exists() and not is_blackhole(second)
     status = init("status", env)
-    assert status.returncode == 3 and "not running" in status.stdout
+    assert (status.returncode, status.stdout) == (3, "not running\n")
     assert init("stop", env).returncode == 0  # stopping a stopped daemon is fine
+
+
+def test_init_script_never_kills_a_process_that_reused_the_pid(deployment):
+    _, pidfile, env = deployment
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        pidfile.write_text(f"{bystander.pid}\n")
+        status = init("status", env)
+        assert (status.returncode, status.stdout) == (
+            1, f"Stale pid {bystander.pid}. Removing\nnot running\n")
+        pidfile.write_text(f"{bystander.pid}\n")
+        assert init("stop", env).returncode == 0
+        assert bystander.poll() is None  # still alive
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 def test_init_script_usage_missing_conf_and_missing_daemon(deployment, tmp_path):

@@ -7,9 +7,12 @@ import ssl
 import subprocess
 import time
 
+from pathlib import Path
+
 import pytest
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from blackhole import tls
@@ -125,6 +128,25 @@ async def test_plaintext_after_starttls_is_never_run_inside_tls(serve, context, 
     ready, first = await in_thread(inject)
     assert ready == b"220 2.0.0 Ready to start TLS\r\n"
     assert first.startswith(b"250-")  # EHLO's reply: nothing answered the NOOP
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_plaintext_sent_after_starttls_in_its_own_packet_closes(serve, context, caplog):
+    """While the 220 waits out a delay, the injected line reaches Tornado's buffer."""
+    port = serve(tls=context, delay=1)
+
+    def inject():
+        sock = socket.create_connection((HOST, port), timeout=10)
+        sock.recv(1024)
+        sock.sendall(b"STARTTLS\r\n")
+        time.sleep(0.3)
+        sock.sendall(b"NOOP\r\n")
+        return closed_by_server(sock), sock
+
+    closed, sock = await in_thread(inject)
+    sock.close()
+    assert closed
+    assert not [record for record in caplog.records if record.exc_info]
 
 
 @pytest.mark.gen_test
@@ -300,6 +322,11 @@ def test_bad_certificate_options_get_one_line(cert_files, ca, tmp_path):
     chain, key = cert_files
     other_key = tmp_path / "other.pem"
     ca.issue_cert("other.example").private_key_pem.write_to_path(str(other_key))
+    encrypted = tmp_path / "encrypted.pem"
+    loaded = serialization.load_pem_private_key(Path(key).read_bytes(), password=None)
+    encrypted.write_bytes(loaded.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase")))
     cases = [
         ([f"--ssl_cert={tmp_path}/missing.pem", f"--ssl_key={key}"],
          f"Certificate '{tmp_path}/missing.pem' does not exist"),
@@ -312,6 +339,8 @@ def test_bad_certificate_options_get_one_line(cert_files, ca, tmp_path):
         ([f"--ssl_cert={key}", f"--ssl_key={chain}"],
          f"Certificate '{key}' or key '{chain}' is not a valid PEM file"),
         (["--tls_min_version=1.4"], "Unknown TLS version '1.4': choose one of 1.0, 1.1, 1.2, 1.3"),
+        ([f"--ssl_cert={chain}", f"--ssl_key={encrypted}"],
+         f"Key '{encrypted}' is encrypted: give blackhole an unencrypted key"),
     ]
     for options, message in cases:
         result = blackhole(f"--host={HOST}", f"--port={free_port()}",
