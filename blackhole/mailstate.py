@@ -10,7 +10,7 @@ import ssl
 
 from tornado.iostream import SSLIOStream, StreamClosedError
 
-from blackhole import replies
+from blackhole import metrics, replies
 from blackhole.protocol import Session
 from blackhole.replies import Reply
 
@@ -47,6 +47,8 @@ class MailState:
         if session.ident:
             log.debug("Connection from '%s'", self.address[0])
         loop = self._loop = asyncio.get_running_loop()
+        opened = loop.time()
+        metrics.counts[metrics.OPENED] += 1
         self._timer = loop.call_later(self.settings.timeout, self._check_idle)
         try:
             self.stream.set_nodelay(True)
@@ -80,6 +82,7 @@ class MailState:
         finally:
             self._timer.cancel()
             self.close()
+            metrics.session_ended(loop.time() - opened)
             if session.ident:
                 log.debug("[%s] Closing", session.ident)
 
@@ -93,6 +96,7 @@ class MailState:
                 if pending:
                     await self._write(pending)
                     pending = []
+                metrics.delayed(item)
                 await asyncio.sleep(item)
         if pending:
             await self._write(pending)
@@ -130,12 +134,14 @@ class MailState:
         except (asyncio.CancelledError, ssl.SSLError, OSError) as error:
             # A client fault (or the idle timer giving up): Tornado has logged
             # its one line already; end this session, and only this one.
+            metrics.counts[metrics.TLS_FAILED] += 1
             if self.session.ident:
                 log.debug("[%s] TLS handshake failed: %r", self.session.ident, error)
             raise StreamClosedError() from None
         finally:
             self._handshake = None
         self._idle_since = None
+        metrics.tls_started(self.stream.socket.version())
         if self.session.ident:
             log.debug("[%s] TLS started: %s %s", self.session.ident,
                       self.stream.socket.version(), self.stream.socket.cipher()[0])

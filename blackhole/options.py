@@ -47,6 +47,9 @@ OPTIONS = (
     ("Process", "workers", int, max(1, (os.cpu_count() or 1) - 2),
      "worker processes (default: all cores but two, at least one)"),
     ("Logging", "log", str, "/tmp/blackhole.log", "log file, appended to"),
+    ("Logging", "metrics_port", int, 0,
+     "serve Prometheus /metrics and /healthz on this port (0: off)"),
+    ("Logging", "metrics_host", str, "127.0.0.1", "address of the metrics port"),
     ("Logging", "debug", bool, False, "log every line received and sent"),
 )
 _METAVARS = {str: "TEXT", int: "N", bool: "BOOL"}
@@ -57,7 +60,7 @@ _OPTIONAL = {name for _, name, _, default, _ in OPTIONS if default is None}
 _RANGES = {
     "port": (1, 65535), "ssl_port": (1, 65535), "timeout": (1, None),
     "delay": (0, None), "message_size_limit": (0, None),
-    "max_recipients": (1, None), "workers": (1, None),
+    "max_recipients": (1, None), "workers": (1, None), "metrics_port": (0, 65535),
 }
 
 

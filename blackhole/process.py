@@ -10,15 +10,18 @@ import asyncio
 import ctypes
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from typing import NamedTuple
 
 import setproctitle
 import tornado.platform.asyncio  # noqa: F401 - loaded before workers drop privileges
+from tornado.httpserver import HTTPServer
 from tornado.process import fork_processes
 
 from blackhole import log as logs
-from blackhole import privileges, server, tls
+from blackhole import metrics, privileges, server, tls
 from blackhole.errors import BlackholeError
 from blackhole.policy import Policy
 
@@ -37,6 +40,7 @@ class Plan(NamedTuple):
     listeners: list  # (server.Listener, its bound sockets, its Policy)
     context: object  # the server SSLContext, or None
     account: object  # a privileges.Account, or None to stay as we are
+    metrics: list  # the bound sockets of the metrics port, or none
 
 
 def listeners(values):
@@ -70,7 +74,8 @@ def prepare(values, settings, policy):
         own = Policy(listener.mode or policy.mode,
                      policy.delay if listener.delay is None else listener.delay)
         bound.append((listener, server.bind(listener.host, listener.port), own))
-    return Plan(bound, context, account)
+    scrape = server.bind(values.metrics_host, values.metrics_port) if values.metrics_port else []
+    return Plan(bound, context, account, scrape)
 
 
 def workers_of(pid):
@@ -98,6 +103,9 @@ def _on_stop(signum, frame):
         return
     if first:
         log.info("Stopping")
+        # Python drops signals that reach a child before its fork completes,
+        # so say it again every half second until every worker is gone.
+        signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
     _signal_workers(signal.SIGTERM)
 
 
@@ -124,20 +132,32 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
                     values.user)
     _announce(plan, values, settings, policy)
     for signum, handler in ((signal.SIGTERM, _on_stop), (signal.SIGINT, _on_stop),
-                            (signal.SIGHUP, _on_hangup)):
+                            (signal.SIGALRM, _on_stop), (signal.SIGHUP, _on_hangup)):
         signal.signal(signum, handler)
+    # Each worker counts into a file of its own here; the master adds them up.
+    counts = tempfile.mkdtemp(prefix="blackhole-counts-")
+    if _owner:
+        os.chown(counts, *_owner)
+    if plan.metrics:
+        log.info("Metrics on http://%s/metrics",
+                 server.address(values.metrics_host, values.metrics_port))
     if ready:
         ready()
     master = _master = os.getpid()
     try:
         fork_processes(values.workers, max_restarts=MAX_RESTARTS)
     except SystemExit:  # fork_processes: every worker exited cleanly
-        log.info("Stopped")
-        return 0
+        code = 0
     except RuntimeError as error:  # too many restarts
         log.error("%s", error)
-        return 1
-    _worker(plan, values, settings, policy, stderr, master)
+        code = 1
+    else:
+        _worker(plan, values, settings, stderr, master, counts)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    log.info("%s", metrics.summary(counts))
+    shutil.rmtree(counts, ignore_errors=True)
+    log.info("Stopped")
+    return code
 
 
 def _announce(plan, values, settings, policy):
@@ -165,7 +185,7 @@ def _follow_master(master):
         os._exit(0)  # it died before we asked
 
 
-def _worker(plan, values, settings, policy, stderr, master):
+def _worker(plan, values, settings, stderr, master, counts):
     """A forked worker: switch account, serve until told to stop, and exit."""
     if _stopping:
         os._exit(0)  # forked as a replacement while the master was stopping
@@ -177,7 +197,8 @@ def _worker(plan, values, settings, policy, stderr, master):
         if plan.account:
             privileges.drop(plan.account)
         _follow_master(master)
-        asyncio.run(_serve(plan, settings))
+        metrics.open_file(counts)
+        asyncio.run(_serve(plan, settings, counts))
         code = 0
     except Exception:
         log.exception("Worker %d failed", os.getpid())
@@ -187,7 +208,7 @@ def _worker(plan, values, settings, policy, stderr, master):
         os._exit(code)
 
 
-async def _serve(plan, settings):
+async def _serve(plan, settings, counts):
     """Serve on the bound sockets until a stop signal arrives."""
     sessions = set()
     servers = []
@@ -196,6 +217,9 @@ async def _serve(plan, settings):
         smtp.add_sockets(sockets)
         servers.append(smtp)
     stop = asyncio.Event()
+    if plan.metrics:  # any worker may answer a scrape: each reads every worker's counts
+        HTTPServer(metrics.application(counts, lambda: not stop.is_set())).add_sockets(
+            plan.metrics)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)

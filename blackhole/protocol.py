@@ -11,8 +11,9 @@ import binascii
 import logging
 import random
 
-from blackhole import auth, policy, replies
+from blackhole import auth, metrics, policy, replies
 from blackhole.commands import COMMANDS, MAX_LINE, Phase, Refusal
+from blackhole.metrics import MESSAGE, MESSAGE_BYTES, OTHER_VERB, RECIPIENTS, REPLY, VERB_SLOTS
 
 log = logging.getLogger("blackhole")
 
@@ -39,6 +40,7 @@ class Session:
         "binarymime", "_out", "_consume", "_unread", "_discarding", "_tail",
         "_size", "_dots", "_line", "_long_line", "_debug_line", "_switches",
         "_header_line", "_chunk_left", "_chunk_reply", "_chunk_refused", "_auth",
+        "_counts",
     )
 
     def __init__(self, settings, policy, starttls=False, secure=False):
@@ -61,6 +63,7 @@ class Session:
         self.backlog = False  # input is left over: call receive(b"") before reading
         self.message_size = 0  # of the last message, after dot-unstuffing
         self._out = []
+        self._counts = metrics.counts
         self._consume = self._commands
         self._unread = b""  # a line not yet ended, or a batch's leftover
         self._discarding = False  # skipping the rest of an overlong line
@@ -109,6 +112,7 @@ class Session:
     def add_recipient(self):
         self.phase = Phase.RCPT
         self.recipients += 1
+        self._counts[RECIPIENTS] += 1
 
     def start_data(self):
         """DATA accepted: the message streams in up to <CRLF>.<CRLF>."""
@@ -177,6 +181,7 @@ class Session:
         if pause:
             self._out.append(pause)
         self._out.append(reply)
+        self._counts[REPLY - 200 + reply.code] += 1
         if reply.closes:
             self.closing = True
 
@@ -237,7 +242,9 @@ class Session:
             return None
         verb, _, arg = line.partition(" ")
         # isascii: str.upper() would turn "QUıT" into "QUIT".
-        command = COMMANDS.get(verb.upper()) if verb.isascii() else None
+        name = verb.upper() if verb.isascii() else ""
+        command = COMMANDS.get(name)
+        self._counts[VERB_SLOTS.get(name, OTHER_VERB)] += 1
         if self.ident:
             shown = line
             if command is not None and command.secret and " " in arg:
@@ -373,6 +380,7 @@ class Session:
         elif limit and self._size > limit:
             # RFC 3030 2: the transaction fails; later chunks are refused.
             self.phase = Phase.GREETED
+            self._counts[MESSAGE - 200 + replies.SIZE_EXCEEDED.code] += 1
             self._answer(replies.SIZE_EXCEEDED)
         elif reply is None:
             self._end_of_message(self._size, False)
@@ -418,9 +426,14 @@ class Session:
         self.phase = Phase.GREETED
         self.message_size = size
         limit = self.settings.message_size_limit
+        pause = None
         if limit and size > limit:
-            self._answer(replies.SIZE_EXCEEDED)
+            reply = replies.SIZE_EXCEEDED
         elif long_line:
-            self._answer(replies.DATA_LINE_TOO_LONG)
+            reply = replies.DATA_LINE_TOO_LONG
         else:
-            self._answer(*self.policy.end_of_data(self._switches))
+            reply, pause = self.policy.end_of_data(self._switches)
+        counts = self._counts
+        counts[MESSAGE - 200 + reply.code] += 1
+        counts[MESSAGE_BYTES] += size
+        self._answer(reply, pause)

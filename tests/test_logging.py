@@ -55,6 +55,7 @@ def test_without_debug_nothing_is_logged_per_message(daemon, tmp_path):
         rf"Listening for SMTPS on {HOST}:\d+, mode accept$",
         r"No certificate configured: using a self-signed one for ",
         r"Starting \d+ processes$", r"Stopping$", r"child \d+ \(pid \d+\) exited normally$",
+        r"Summary: \d+ sessions, 3 messages accepted, refused by code: none, \d+ bytes$",
         r"Stopped$")]
     assert [m for m in messages if not any(n.match(m) for n in notices)] == []
     assert "Stopping" in messages and messages[-1] == "Stopped"
