@@ -3,6 +3,7 @@
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -124,6 +125,14 @@ def connect(port):
     yield open_client
     for client in clients:
         client.close()
+
+
+def insecure_context():
+    """A TLS client that accepts any certificate, such as the self-signed one."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def free_port():

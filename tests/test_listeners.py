@@ -2,12 +2,11 @@
 
 import smtplib
 import socket
-import ssl
 import time
 
 import pytest
 
-from tests.conftest import HOST, blackhole, free_port
+from tests.conftest import HOST, blackhole, free_port, insecure_context
 
 
 def end_of_data(smtp):
@@ -57,9 +56,7 @@ def test_an_ipv6_listener(daemon):
 def test_ssl_listeners_have_modes_too(daemon):
     port, smtps = free_port(), free_port()
     daemon(f"--ssl_listen={HOST}:{smtps} mode=offline", port=port)
-    insecure = ssl.create_default_context()
-    insecure.check_hostname = False
-    insecure.verify_mode = ssl.CERT_NONE
+    insecure = insecure_context()
     with smtplib.SMTP_SSL(HOST, smtps, context=insecure) as smtp:
         assert end_of_data(smtp) == 521
 

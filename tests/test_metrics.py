@@ -5,7 +5,6 @@ import re
 import signal
 import smtplib
 import socket
-import ssl
 import time
 import urllib.request
 
@@ -13,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from blackhole.process import workers_of
-from tests.conftest import HOST, free_port, wait_for_port
+from tests.conftest import HOST, free_port, insecure_context, wait_for_port
 
 
 def scrape(port):
@@ -111,9 +110,7 @@ def test_tls_handshakes_and_delays_are_counted(daemon):
     process, port = daemon(f"--metrics_port={metrics_port}", f"--ssl_port={ssl_port}")
     wait_for_port(metrics_port, process)
     before = scrape(metrics_port)
-    insecure = ssl.create_default_context()
-    insecure.check_hostname = False
-    insecure.verify_mode = ssl.CERT_NONE
+    insecure = insecure_context()
     with smtplib.SMTP_SSL(HOST, ssl_port, context=insecure) as smtp:
         version = smtp.sock.version()
         smtp.sendmail("a@example.com", ["b@example.com"],

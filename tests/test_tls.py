@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from blackhole import tls
-from tests.conftest import HOST, blackhole, free_port, in_thread
+from tests.conftest import HOST, blackhole, free_port, in_thread, insecure_context
 from tests.test_commands import expected_mailname
 
 
@@ -363,9 +363,7 @@ def test_run_with_a_certificate_chain_serves_smtps_and_starttls(daemon, cert_fil
 def test_run_without_a_certificate_makes_a_self_signed_one(daemon, tmp_path):
     ssl_port = free_port()
     process, _ = daemon(f"--ssl_port={ssl_port}")
-    insecure = ssl.create_default_context()
-    insecure.check_hostname = False
-    insecure.verify_mode = ssl.CERT_NONE
+    insecure = insecure_context()
     with smtplib.SMTP_SSL(HOST, ssl_port, context=insecure) as smtp:
         assert transaction(smtp) == {}
         peer = x509.load_der_x509_certificate(smtp.sock.getpeercert(binary_form=True))
