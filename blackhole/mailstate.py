@@ -104,7 +104,22 @@ class MailState:
     async def _write(self, chunks):
         if self.session.ident:
             self._log_sent(chunks)
-        future = self.stream.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        stream = self.stream
+        if not stream.writing():
+            # Nothing queued: hand the replies to the socket at once, which is
+            # what stream.write would do, without its per-write bookkeeping.
+            try:
+                sent = stream.socket.send(data)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0
+            except OSError:
+                stream.close()
+                raise StreamClosedError() from None
+            if sent == len(data):
+                return
+            data = data[sent:]
+        future = stream.write(data)
         if not future.done():
             # A client that stops reading our replies is as idle as one that
             # stops sending.

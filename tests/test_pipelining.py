@@ -1,21 +1,22 @@
 """RFC 2920 over loopback: a batch of commands is answered in order, in one write."""
 
+import socket
+
 import pytest
-from tornado.iostream import IOStream
 
 
 @pytest.fixture
 def server_writes(monkeypatch):
-    """Every write of SMTP replies (bytes starting with a reply code), as written."""
+    """Every send() of SMTP replies (bytes starting with a reply code), as sent."""
     writes = []
-    original = IOStream.write
+    original = socket.socket.send
 
-    def recording(stream, data):
+    def recording(sock, data, *flags):
         if bytes(data[:3]).isdigit():
             writes.append(bytes(data))
-        return original(stream, data)
+        return original(sock, data, *flags)
 
-    monkeypatch.setattr(IOStream, "write", recording)
+    monkeypatch.setattr(socket.socket, "send", recording)
     return writes
 
 
