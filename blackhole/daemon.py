@@ -134,7 +134,9 @@ def start(values, settings, policy):
     os.setsid()
     if os.fork():
         os._exit(0)
-    keep = {writer} | {sock.fileno() for _, sockets, _ in plan.listeners for sock in sockets}
+    keep = {writer} | {sock.fileno() for _, per_worker, _ in plan.listeners
+                       for sockets in per_worker for sock in sockets}
+    keep |= {sock.fileno() for sock in plan.metrics}
     _detach(keep)
     told = []  # once "ok" is said the pipe is closed, and its number may be reused
 

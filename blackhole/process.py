@@ -37,7 +37,7 @@ _owner = None  # (uid, gid) the log file belongs to, when workers switch account
 class Plan(NamedTuple):
     """Everything checked and bound before the first fork."""
 
-    listeners: list  # (server.Listener, its bound sockets, its Policy)
+    listeners: list  # (server.Listener, bound sockets for each worker, its Policy)
     context: object  # the server SSLContext, or None
     account: object  # a privileges.Account, or None to stay as we are
     metrics: list  # the bound sockets of the metrics port, or none
@@ -73,8 +73,9 @@ def prepare(values, settings, policy):
     for listener in wanted:
         own = Policy(listener.mode or policy.mode,
                      policy.delay if listener.delay is None else listener.delay)
-        bound.append((listener, server.bind(listener.host, listener.port), own))
-    scrape = server.bind(values.metrics_host, values.metrics_port) if values.metrics_port else []
+        bound.append((listener, server.bind(listener.host, listener.port, values.workers), own))
+    scrape = (server.bind(values.metrics_host, values.metrics_port)[0]
+              if values.metrics_port else [])
     return Plan(bound, context, account, scrape)
 
 
@@ -145,14 +146,14 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
         ready()
     master = _master = os.getpid()
     try:
-        fork_processes(values.workers, max_restarts=MAX_RESTARTS)
+        task = fork_processes(values.workers, max_restarts=MAX_RESTARTS)
     except SystemExit:  # fork_processes: every worker exited cleanly
         code = 0
     except RuntimeError as error:  # too many restarts
         log.error("%s", error)
         code = 1
     else:
-        _worker(plan, values, settings, stderr, master, counts)
+        _worker(plan, values, settings, stderr, master, counts, task)
     signal.setitimer(signal.ITIMER_REAL, 0)
     log.info("%s", metrics.summary(counts))
     shutil.rmtree(counts, ignore_errors=True)
@@ -185,7 +186,7 @@ def _follow_master(master):
         os._exit(0)  # it died before we asked
 
 
-def _worker(plan, values, settings, stderr, master, counts):
+def _worker(plan, values, settings, stderr, master, counts, task):
     """A forked worker: switch account, serve until told to stop, and exit."""
     if _stopping:
         os._exit(0)  # forked as a replacement while the master was stopping
@@ -198,7 +199,7 @@ def _worker(plan, values, settings, stderr, master, counts):
             privileges.drop(plan.account)
         _follow_master(master)
         metrics.open_file(counts)
-        asyncio.run(_serve(plan, settings, counts))
+        asyncio.run(_serve(plan, settings, counts, task))
         code = 0
     except Exception:
         log.exception("Worker %d failed", os.getpid())
@@ -208,13 +209,13 @@ def _worker(plan, values, settings, stderr, master, counts):
         os._exit(code)
 
 
-async def _serve(plan, settings, counts):
-    """Serve on the bound sockets until a stop signal arrives."""
+async def _serve(plan, settings, counts, task):
+    """Serve worker ``task``'s sockets until a stop signal arrives."""
     sessions = set()
     servers = []
-    for listener, sockets, own in plan.listeners:
+    for listener, per_worker, own in plan.listeners:
         smtp = server.SMTPServer(settings, own, plan.context, listener.implicit, sessions)
-        smtp.add_sockets(sockets)
+        smtp.add_sockets(per_worker[task % len(per_worker)])
         servers.append(smtp)
     stop = asyncio.Event()
     if plan.metrics:  # any worker may answer a scrape: each reads every worker's counts

@@ -77,11 +77,23 @@ def check_unique(listeners):
         seen.add((listener.host, listener.port))
 
 
-def bind(host, port):
-    """Bind one address, turning the usual failures into one clear line."""
+def bind(host, port, workers=1):
+    """Bind one address, turning the usual failures into one clear line.
+
+    With several workers, each gets a socket of its own in one SO_REUSEPORT
+    group, so the kernel spreads connections over them (a shared socket
+    lets the quickest worker take most); returns one list of sockets per worker.
+    """
     where = address(host, port)
     try:
-        return bind_sockets(port, address=host or None, backlog=BACKLOG)
+        if workers == 1:
+            return [bind_sockets(port, address=host or None, backlog=BACKLOG)]
+        # SO_REUSEPORT would let a second blackhole share the port unnoticed:
+        # a plain bind first keeps "Address already in use" honest.
+        for probe in bind_sockets(port, address=host or None, backlog=1):
+            probe.close()
+        return [bind_sockets(port, address=host or None, backlog=BACKLOG, reuse_port=True)
+                for _ in range(workers)]
     except (socket.gaierror, UnicodeError):
         raise BlackholeError(f"Cannot resolve host '{host}'") from None
     except PermissionError:

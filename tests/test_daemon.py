@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,42 @@ def test_workers_run_as_the_given_user_and_can_still_log(daemon):
     wait_until(lambda: "RECV: QUIT" in bh.logfile.read_text())  # written by the worker
     assert bh("stop").returncode == 0
     assert not bh.pidfile.exists()  # the master kept the right to remove it
+
+
+def socket_count(pid):
+    return sum(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+               for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_connections_spread_over_the_workers(daemon):
+    """Each worker has a socket of its own (SO_REUSEPORT): none is left idle."""
+    bh = daemon("--workers=2")
+    assert bh("start").returncode == 0
+    wait_until(lambda: len(workers_of(bh.pid)) == 2)
+    workers = workers_of(bh.pid)
+    before = {pid: socket_count(pid) for pid in workers}
+    held = [socket.create_connection((HOST, bh.port)) for _ in range(40)]
+    try:
+        for sock in held:
+            sock.recv(1024)  # greeted: the connection belongs to a worker now
+        gained = {pid: socket_count(pid) - before[pid] for pid in workers}
+        assert sum(gained.values()) == 40
+        assert all(count > 0 for count in gained.values()), gained
+    finally:
+        for sock in held:
+            sock.close()
+    # A second blackhole is still told the port is taken, not let in to share it.
+    again = daemon("--workers=2", f"--port={bh.port}", f"--pid={bh.pidfile}.2")("start")
+    assert (again.returncode, again.stderr) == (
+        1, f"blackhole: Address already in use, could not bind to {HOST}:{bh.port}\n")
+    assert bh("stop").returncode == 0
+
+
+def test_metrics_work_when_daemonized(daemon):
+    metrics_port = free_port()
+    bh = daemon(f"--metrics_port={metrics_port}")
+    assert bh("start").returncode == 0
+    assert bh.send() == {}
+    with urllib.request.urlopen(f"http://{HOST}:{metrics_port}/metrics", timeout=10) as page:
+        assert 'blackhole_messages_total{code="250"} 1' in page.read().decode()
+    assert bh("stop").returncode == 0
