@@ -54,6 +54,7 @@ class MailState:
             self.stream.set_nodelay(True)
             if session.secure:
                 await self._start_tls()
+            metrics.counts[metrics.REPLY - 200 + 220] += 1
             await self._write([self.settings.greeting.wire])
             while not session.closing:
                 if session.backlog:
@@ -106,7 +107,7 @@ class MailState:
             self._log_sent(chunks)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         stream = self.stream
-        if not stream.writing():
+        if not (stream.closed() or stream.writing()):
             # Nothing queued: hand the replies to the socket at once, which is
             # what stream.write would do, without its per-write bookkeeping.
             try:
@@ -194,6 +195,7 @@ class MailState:
 
     def _close_with(self, reply):
         """Say a last 421 and close; the read loop ends on the closed stream."""
+        metrics.counts[metrics.REPLY - 200 + reply.code] += 1
         if self.session.ident:
             self._log_sent([reply.wire])
         try:

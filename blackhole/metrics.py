@@ -21,7 +21,7 @@ VERBS = (*sorted(COMMANDS), "other")
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "other")
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300)  # seconds, then +Inf
 
-OPENED, CLOSED, MESSAGE_BYTES, RECIPIENTS, DELAYS, DELAY_MS, TLS_FAILED, DURATION_US = range(8)
+OPENED, CLOSED, MESSAGE_BYTES, RECIPIENTS, DELAYS, DELAY_US, TLS_FAILED, DURATION_US = range(8)
 COMMAND = 8  # + index in VERBS
 REPLY = COMMAND + len(VERBS)  # + code - 200
 MESSAGE = REPLY + 400  # + code - 200: messages by their end-of-data reply
@@ -38,10 +38,14 @@ STARTED = time.time()  # when the master started; inherited by the workers
 
 
 def open_file(directory):
-    """Count into ``directory/<pid>.counts`` from now on (once per process)."""
+    """Count into ``directory/<pid>-<time>.counts`` from now on (once per process).
+
+    The name never repeats, so a new worker that gets the pid of a dead one
+    cannot overwrite its counts.
+    """
     global counts, _mapped
-    path = os.path.join(directory, f"{os.getpid()}.counts")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    path = os.path.join(directory, f"{os.getpid()}-{time.time_ns()}.counts")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.ftruncate(fd, SLOTS * 8)
         _mapped = mmap.mmap(fd, SLOTS * 8)
@@ -67,7 +71,7 @@ def tls_started(version):
 
 def delayed(seconds):
     counts[DELAYS] += 1
-    counts[DELAY_MS] += int(seconds * 1000)
+    counts[DELAY_US] += round(seconds * 1e6)
 
 
 def total(directory):
@@ -75,11 +79,15 @@ def total(directory):
     summed = array("Q", bytes(SLOTS * 8))
     active = 0
     for path in glob.glob(os.path.join(directory, "*.counts")):
+        # Mapped and read as 64-bit words, each load whole: never half a count.
         with open(path, "rb") as counts_file:
-            values = array("Q", counts_file.read(SLOTS * 8).ljust(SLOTS * 8, b"\0"))
+            if os.fstat(counts_file.fileno()).st_size < SLOTS * 8:
+                continue  # a worker that has only just created it: nothing counted yet
+            with mmap.mmap(counts_file.fileno(), SLOTS * 8, access=mmap.ACCESS_READ) as mapped:
+                values = memoryview(mapped).cast("Q").tolist()
         for slot in range(SLOTS):
             summed[slot] += values[slot]
-        pid = int(os.path.basename(path).partition(".")[0])
+        pid = int(os.path.basename(path).partition("-")[0])
         if _alive(pid):
             active += values[OPENED] - values[CLOSED]
     return summed, active
@@ -131,7 +139,8 @@ def exposition(directory, healthy=True):
     family("commands_total", "counter", "Commands received, by verb.",
            [(f'{{verb="{verb}"}}', values[COMMAND + i]) for i, verb in enumerate(VERBS)
             if values[COMMAND + i]])
-    family("replies_total", "counter", "Replies sent, by code.", by_code(REPLY))
+    family("replies_total", "counter", "Replies given, by code (greetings included).",
+           by_code(REPLY))
     family("tls_handshakes_total", "counter", "TLS handshakes completed, by protocol version.",
            [(f'{{version="{version}"}}', values[TLS + i]) for i, version in enumerate(TLS_VERSIONS)
             if values[TLS + i]])
@@ -139,13 +148,14 @@ def exposition(directory, healthy=True):
            [("", values[TLS_FAILED])])
     family("delays_total", "counter", "Delays applied before replies.", [("", values[DELAYS])])
     family("delay_seconds_total", "counter", "Seconds of delay applied.",
-           [("", values[DELAY_MS] / 1000)])
+           [("", values[DELAY_US] / 1e6)])
     cumulative, buckets = 0, []
     for index, bound in enumerate((*DURATION_BUCKETS, "+Inf")):
         cumulative += values[DURATION + index]
         buckets.append((f'_bucket{{le="{bound}"}}', cumulative))
+    # _count is the +Inf bucket: a scrape between two stores stays consistent.
     family("session_duration_seconds", "histogram", "How long SMTP sessions lasted.",
-           [*buckets, ("_sum", values[DURATION_US] / 1e6), ("_count", values[CLOSED])])
+           [*buckets, ("_sum", values[DURATION_US] / 1e6), ("_count", cumulative)])
     family("uptime_seconds", "gauge", "Seconds since blackhole started.",
            [("", round(time.time() - STARTED, 3))])
     family("up", "gauge", "1 while the server accepts mail.", [("", int(healthy))])

@@ -381,6 +381,7 @@ class Session:
             # RFC 3030 2: the transaction fails; later chunks are refused.
             self.phase = Phase.GREETED
             self._counts[MESSAGE - 200 + replies.SIZE_EXCEEDED.code] += 1
+            self._counts[MESSAGE_BYTES] += self._size
             self._answer(replies.SIZE_EXCEEDED)
         elif reply is None:
             self._end_of_message(self._size, False)

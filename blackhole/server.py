@@ -9,12 +9,13 @@ import asyncio
 import errno
 import resource
 import socket
+import sys
 from typing import NamedTuple
 
 from tornado.netutil import bind_sockets
 from tornado.tcpserver import TCPServer
 
-from blackhole import replies
+from blackhole import metrics, replies
 from blackhole.errors import BlackholeError
 from blackhole.mailstate import MailState
 from blackhole.policy import MODES, delay_range
@@ -86,7 +87,8 @@ def bind(host, port, workers=1):
     """
     where = address(host, port)
     try:
-        if workers == 1:
+        if workers == 1 or not sys.platform.startswith("linux"):
+            # Elsewhere SO_REUSEPORT does not spread TCP connections: share one.
             return [bind_sockets(port, address=host or None, backlog=BACKLOG)]
         # SO_REUSEPORT would let a second blackhole share the port unnoticed:
         # a plain bind first keeps "Address already in use" honest.
@@ -139,9 +141,12 @@ class SMTPServer(TCPServer):
 
     async def handle_stream(self, stream, address):
         if len(self.sessions) >= self.max_connections:
+            metrics.counts[metrics.OPENED] += 1
             if not self.implicit:  # plaintext would mean nothing to a TLS client
+                metrics.counts[metrics.REPLY - 200 + 421] += 1
                 stream.write(replies.TOO_MANY_CONNECTIONS.wire)
             stream.close()
+            metrics.session_ended(0)
             return
         state = MailState(stream, address, self.settings, self.policy, self.tls,
                           self.implicit)

@@ -73,6 +73,7 @@ def test_counters_add_up_exactly_over_workers(daemon, tmp_path, workers):
     assert diff(before, after, "blackhole_commands_total", verb="DATA") == 30
     assert diff(before, after, "blackhole_commands_total", verb="QUIT") == 3
     assert diff(before, after, "blackhole_replies_total", code="354") == 30
+    assert diff(before, after, "blackhole_replies_total", code="220") == 3  # greetings
     assert diff(before, after, "blackhole_connections_opened_total") == 3
     assert diff(before, after, "blackhole_session_duration_seconds_count") == 3
     assert after[("blackhole_connections_active", ())] == 0

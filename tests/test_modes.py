@@ -99,6 +99,15 @@ async def test_delay_waits_before_each_reply_without_blocking_others(serve, conn
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_client_that_leaves_during_a_delay_is_no_error(serve, connect, caplog):
+    client = await connect(serve(delay=0.5))
+    await client.send(b"EHLO client.example\r\nNOOP\r\nNOOP\r\n")
+    client.close()
+    await asyncio.sleep(1.7)  # every delay has run out and every reply was tried
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_delay_applies_to_each_pipelined_reply(serve, connect):
     client = await connect(serve(delay=1))
     started = time.monotonic()
