@@ -94,8 +94,10 @@ def test_start_status_send_stop(daemon):
     assert not bh.pidfile.exists()
     for pid in [master, *workers]:
         assert not is_blackhole(pid)
-    with socket.socket() as probe:  # the port is free again
+    with socket.socket() as probe:  # no listener is left: a server could bind again
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
         probe.bind((HOST, bh.port))
+        probe.listen()
     assert (bh("status").returncode, bh("status").stdout) == (3, "not running\n")
 
 
