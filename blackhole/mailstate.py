@@ -42,7 +42,9 @@ class MailState:
         self._reading = False
         self._stopping = False
 
-    async def serve(self):
+    async def serve(self, sessions):
+        """Serve the connection to its end; belong to ``sessions`` meanwhile."""
+        sessions.add(self)
         session = self.session
         if session.ident:
             log.debug("Connection from '%s'", self.address[0])
@@ -81,6 +83,7 @@ class MailState:
         except Exception:
             log.exception("Session with %s failed", self.address[0])
         finally:
+            sessions.discard(self)
             self._timer.cancel()
             self.close()
             metrics.session_ended(loop.time() - opened)

@@ -139,7 +139,8 @@ class SMTPServer(TCPServer):
             resource.getrlimit(resource.RLIMIT_NOFILE)[0] - SPARE_FILES
         )
 
-    async def handle_stream(self, stream, address):
+    def handle_stream(self, stream, address):
+        """Return the session's coroutine itself: one frame per connection, not two."""
         if len(self.sessions) >= self.max_connections:
             metrics.counts[metrics.OPENED] += 1
             if not self.implicit:  # plaintext would mean nothing to a TLS client
@@ -147,14 +148,10 @@ class SMTPServer(TCPServer):
                 stream.write(replies.TOO_MANY_CONNECTIONS.wire)
             stream.close()
             metrics.session_ended(0)
-            return
+            return None
         state = MailState(stream, address, self.settings, self.policy, self.tls,
                           self.implicit)
-        self.sessions.add(state)
-        try:
-            await state.serve()
-        finally:
-            self.sessions.discard(state)
+        return state.serve(self.sessions)
 
 
 
