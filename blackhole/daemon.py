@@ -102,6 +102,7 @@ def stop(values, settings, policy):
 
 
 def _gone(pids, seconds):
+    """Poll until ``pids`` are gone (run by the stop command, never by the server)."""
     deadline = time.monotonic() + seconds
     while any(is_blackhole(pid) for pid in pids):
         if time.monotonic() > deadline:
