@@ -56,7 +56,7 @@ class MailState:
             self.stream.set_nodelay(True)
             if session.secure:
                 await self._start_tls()
-            metrics.counts[metrics.REPLY - 200 + 220] += 1
+            metrics.replied(self.settings.greeting)
             await self._write([self.settings.greeting.wire])
             while not session.closing:
                 if session.backlog:
@@ -198,7 +198,7 @@ class MailState:
 
     def _close_with(self, reply):
         """Say a last 421 and close; the read loop ends on the closed stream."""
-        metrics.counts[metrics.REPLY - 200 + reply.code] += 1
+        metrics.replied(reply)
         if self.session.ident:
             self._log_sent([reply.wire])
         try:

@@ -54,6 +54,11 @@ def open_file(directory):
     counts = memoryview(_mapped).cast("Q")
 
 
+def replied(reply):
+    """Count a reply given outside the session (greeting, last words)."""
+    counts[REPLY - 200 + reply.code] += 1
+
+
 def session_ended(seconds):
     counts[CLOSED] += 1
     counts[DURATION_US] += int(seconds * 1e6)

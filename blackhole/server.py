@@ -144,7 +144,7 @@ class SMTPServer(TCPServer):
         if len(self.sessions) >= self.max_connections:
             metrics.counts[metrics.OPENED] += 1
             if not self.implicit:  # plaintext would mean nothing to a TLS client
-                metrics.counts[metrics.REPLY - 200 + 421] += 1
+                metrics.replied(replies.TOO_MANY_CONNECTIONS)
                 stream.write(replies.TOO_MANY_CONNECTIONS.wire)
             stream.close()
             metrics.session_ended(0)
