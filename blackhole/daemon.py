@@ -139,6 +139,7 @@ def start(values, settings, policy):
                        for sockets in per_worker for sock in sockets}
     keep |= {sock.fileno() for sock in plan.metrics}
     _detach(keep)
+    process.catch_signals()  # before the pid file, so a stop now still removes it
     told = []  # once "ok" is said the pipe is closed, and its number may be reused
 
     def tell(message):

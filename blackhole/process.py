@@ -116,13 +116,23 @@ def _on_hangup(signum, frame):
         _signal_workers(signal.SIGHUP)
 
 
+def catch_signals():
+    """Make this process the master and take its signals: before binding, so a
+    stop that comes early is a clean stop rather than a kill."""
+    global _master
+    _master = os.getpid()
+    for signum, handler in ((signal.SIGTERM, _on_stop), (signal.SIGINT, _on_stop),
+                            (signal.SIGALRM, _on_stop), (signal.SIGHUP, _on_hangup)):
+        signal.signal(signum, handler)
+
+
 def serve(plan, values, settings, policy, stderr=False, ready=None):
     """Run the master until its workers are done; return its exit code.
 
     ``ready`` is called once everything is listening, just before the fork.
     Workers never return from here.
     """
-    global _master, _owner
+    global _owner
     setproctitle.setproctitle("blackhole: master")
     logs.configure(values.log, values.debug, stderr)
     _owner = plan.account and (plan.account.uid, plan.account.gid)
@@ -132,9 +142,6 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
         log.warning("Running as root: there is no '%s' account (see --user, --group)",
                     values.user)
     _announce(plan, values, settings, policy)
-    for signum, handler in ((signal.SIGTERM, _on_stop), (signal.SIGINT, _on_stop),
-                            (signal.SIGALRM, _on_stop), (signal.SIGHUP, _on_hangup)):
-        signal.signal(signum, handler)
     # Each worker counts into a file of its own here; the master adds them up.
     counts = tempfile.mkdtemp(prefix="blackhole-counts-")
     if _owner:
@@ -144,16 +151,17 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
                  server.address(values.metrics_host, values.metrics_port))
     if ready:
         ready()
-    master = _master = os.getpid()
-    try:
-        task = fork_processes(values.workers, max_restarts=MAX_RESTARTS)
-    except SystemExit:  # fork_processes: every worker exited cleanly
-        code = 0
-    except RuntimeError as error:  # too many restarts
-        log.error("%s", error)
-        code = 1
-    else:
-        _worker(plan, values, settings, stderr, master, counts, task)
+    code = 0
+    if not _stopping:  # a stop that came before the fork leaves nothing to fork
+        try:
+            task = fork_processes(values.workers, max_restarts=MAX_RESTARTS)
+        except SystemExit:  # fork_processes: every worker exited cleanly
+            pass
+        except RuntimeError as error:  # too many restarts
+            log.error("%s", error)
+            code = 1
+        else:
+            _worker(plan, values, settings, stderr, _master, counts, task)
     signal.setitimer(signal.ITIMER_REAL, 0)
     log.info("%s", metrics.summary(counts))
     shutil.rmtree(counts, ignore_errors=True)
@@ -233,4 +241,5 @@ async def _serve(plan, settings, counts, task):
 
 def run(values, settings, policy):
     """The ``run`` action: serve in the foreground, logging to stderr too."""
+    catch_signals()
     return serve(prepare(values, settings, policy), values, settings, policy, stderr=True)
