@@ -2,6 +2,13 @@
 
 The stream is an attribute so that TLS can replace it in place, for STARTTLS
 and on the implicit-TLS port alike; the protocol itself never touches it.
+
+A plaintext connection starts on the direct path: the event loop calls
+``_on_readable`` when the socket has data, which reads, parses and answers in
+one step, with no future or coroutine switch per command. Anything that step
+cannot finish at once (a delay, a reply the socket will not take whole,
+STARTTLS, the end of the session) hands the connection to the stream loop in
+``serve``, which it keeps from then on.
 """
 
 import asyncio
@@ -23,7 +30,7 @@ class MailState:
     """Serve one SMTP connection: greet, read, answer in batches, time out."""
 
     __slots__ = ("stream", "address", "settings", "tls", "session", "_loop",
-                 "_idle_since", "_timer", "_reading", "_stopping", "_handshake")
+                 "_idle_since", "_timer", "_reading", "_stopping", "_handshake", "_direct")
 
     def __init__(self, stream, address, settings, policy, tls=None, implicit=False):
         """``tls``: the server SSLContext, offered by STARTTLS or, if ``implicit``, at once."""
@@ -41,6 +48,7 @@ class MailState:
         self._timer = None
         self._reading = False
         self._stopping = False
+        self._direct = None  # the future the direct path hands over with
 
     async def serve(self, sessions):
         """Serve the connection to its end; belong to ``sessions`` meanwhile."""
@@ -58,6 +66,10 @@ class MailState:
                 await self._start_tls()
             metrics.replied(self.settings.greeting)
             await self._write([self.settings.greeting.wire])
+            if not session.secure:
+                step, argument = await self._run_direct()
+                if not await step(argument):
+                    return
             while not session.closing:
                 if session.backlog:
                     data = b""
@@ -67,16 +79,7 @@ class MailState:
                     self._reading = True
                     data = await self.stream.read_bytes(READ_SIZE, partial=True)
                     self._reading = False
-                out = session.receive(data)
-                if out or session.in_data:
-                    self._idle_since = None
-                if out:
-                    await self._send(out)
-                if session.tls_pending:
-                    await self._start_tls()
-                    session.tls_started()
-                if self._stopping and not session.in_data and not session.closing:
-                    self._close_with(replies.SHUTTING_DOWN)
+                if not await self._answer(session.receive(data)):
                     break
         except StreamClosedError:
             pass  # the client went away, or the idle timer closed the stream
@@ -89,6 +92,88 @@ class MailState:
             metrics.session_ended(loop.time() - opened)
             if session.ident:
                 log.debug("[%s] Closing", session.ident)
+
+    async def _answer(self, out):
+        """Act on what one receive() returned; False once the session must end."""
+        session = self.session
+        if out or session.in_data:
+            self._idle_since = None
+        if out:
+            await self._send(out)
+        if session.tls_pending:
+            await self._start_tls()
+            session.tls_started()
+        if self._stopping and not session.in_data and not session.closing:
+            self._close_with(replies.SHUTTING_DOWN)
+            return False
+        return True
+
+    def _run_direct(self):
+        """Serve from the event loop's read callback until it hands over.
+
+        Returns the future of the step the stream loop must take first.
+        """
+        loop = self._loop
+        self._direct = loop.create_future()
+        self._idle_since = loop.time()
+        self._reading = True
+        loop.add_reader(self.stream.socket.fileno(), self._on_readable)
+        return self._direct
+
+    def _on_readable(self):
+        """Read, parse and answer on the direct path, or hand over to the stream loop."""
+        try:
+            data = self.stream.socket.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._leave_direct(StreamClosedError())
+            return
+        session = self.session
+        try:
+            out = session.receive(data)
+            if session.backlog or session.tls_pending or session.closing or self._stopping:
+                self._leave_direct((self._answer, out))
+                return
+            if out:
+                chunks = []
+                for item in out:
+                    if item.__class__ is not Reply:  # a delay
+                        self._leave_direct((self._answer, out))
+                        return
+                    chunks.append(item.wire)
+                if session.ident:
+                    self._log_sent(chunks)
+                rest = self._send_now(b"".join(chunks))
+                if rest:
+                    self._leave_direct((self._flush, self.stream.write(rest)))
+                    return
+        except Exception as error:  # StreamClosedError, or a fault serve() will log
+            self._leave_direct(error)
+            return
+        if out or session.in_data:
+            self._idle_since = self._loop.time()
+
+    def _leave_direct(self, outcome):
+        """Stop the read callback; the stream loop takes over with ``outcome``."""
+        direct, self._direct = self._direct, None
+        self._reading = False
+        self._loop.remove_reader(self.stream.socket.fileno())
+        if direct.done():
+            pass  # serve() was cancelled: the loop is closing
+        elif isinstance(outcome, Exception):
+            direct.set_exception(outcome)
+        else:
+            direct.set_result(outcome)
+
+    async def _flush(self, written):
+        """Wait out a write the socket did not take at once; a non-reader is idle."""
+        self._idle_since = self._loop.time()
+        await written
+        self._idle_since = None
+        return True
 
     async def _send(self, out):
         """Write the replies of one batch at once, sleeping where a delay says."""
@@ -109,27 +194,30 @@ class MailState:
         if self.session.ident:
             self._log_sent(chunks)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        stream = self.stream
-        if not (stream.closed() or stream.writing()):
-            # Nothing queued: hand the replies to the socket at once, which is
-            # what stream.write would do, without its per-write bookkeeping.
-            try:
-                sent = stream.socket.send(data)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                sent = 0
-            except OSError:
-                stream.close()
-                raise StreamClosedError() from None
-            if sent == len(data):
-                return
-            data = data[sent:]
-        future = stream.write(data)
+        data = self._send_now(data)
+        if not data:
+            return
+        future = self.stream.write(data)
         if not future.done():
             # A client that stops reading our replies is as idle as one that
             # stops sending.
             self._idle_since = self._loop.time()
             await future
             self._idle_since = None
+
+    def _send_now(self, data):
+        """Give ``data`` to the socket if nothing is queued; return what it did not take."""
+        stream = self.stream
+        if stream.closed() or stream.writing():
+            return data
+        # What stream.write would do first, without its per-write bookkeeping.
+        try:
+            sent = stream.socket.send(data)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return data
+        except OSError:
+            raise StreamClosedError() from None  # serve() closes the stream
+        return data[sent:]
 
     async def _start_tls(self):
         """Replace the stream in place with ``IOStream.start_tls`` (RFC 3207, RFC 8314).
@@ -167,6 +255,8 @@ class MailState:
 
     def close(self):
         """Close the connection, whatever the state of the TLS switch."""
+        if self._direct is not None:
+            self._leave_direct(StreamClosedError())
         if self._handshake is not None:
             self._handshake.cancel()  # Tornado closes the half-made TLS stream
         elif self.stream is not None and not self.stream.closed():

@@ -63,3 +63,21 @@ async def test_nothing_after_quit_is_executed(connect):
     await client.send(b"QUIT\r\nNOOP\r\nNOOP\r\n")
     assert (await client.reply())[0] == 221
     assert await client.closed()
+
+
+@pytest.fixture
+def short_writes(monkeypatch):
+    """A socket that takes at most 100 octets per send(), as a full send buffer would."""
+    original = socket.socket.send
+    monkeypatch.setattr(socket.socket, "send", lambda sock, data, *flags: original(
+        sock, data[:100], *flags))
+
+
+@pytest.mark.gen_test
+async def test_replies_the_socket_takes_in_part_all_arrive_in_order(connect, short_writes):
+    client = await connect()
+    ehlo = await client.command("EHLO client.example")
+    await client.send(b"EHLO client.example\r\nNOOP\r\nEHLO client.example\r\n")
+    assert await client.replies(3) == [ehlo, (250, "2.0.0 OK"), ehlo]
+    assert await client.message(b"Subject: after\r\n\r\nstill served\r\n.\r\n") == (
+        250, "2.0.0 OK")
