@@ -20,6 +20,11 @@ import tornado.platform.asyncio  # noqa: F401 - loaded before workers drop privi
 from tornado.httpserver import HTTPServer
 from tornado.process import fork_processes
 
+try:  # pip install blackhole[uvloop]: a faster event loop, used when installed
+    import uvloop
+except ImportError:
+    uvloop = None
+
 from blackhole import log as logs
 from blackhole import metrics, privileges, server, tls
 from blackhole.errors import BlackholeError
@@ -207,7 +212,7 @@ def _worker(plan, values, settings, stderr, master, counts, task):
             privileges.drop(plan.account)
         _follow_master(master)
         metrics.open_file(counts)
-        asyncio.run(_serve(plan, settings, counts, task))
+        (uvloop.run if uvloop else asyncio.run)(_serve(plan, settings, counts, task))
         code = 0
     except Exception:
         log.exception("Worker %d failed", os.getpid())
@@ -230,6 +235,9 @@ async def _serve(plan, settings, counts, task):
         HTTPServer(metrics.application(counts, lambda: not stop.is_set())).add_sockets(
             plan.metrics)
     loop = asyncio.get_running_loop()
+    log.info("Worker %d serving on %s", os.getpid(),
+             f"uvloop {uvloop.__version__}" if type(loop).__module__.startswith("uvloop")
+             else "asyncio")
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, logs.reopen)

@@ -170,13 +170,13 @@ def daemon(tmp_path):
     """
     processes = []
 
-    def start(*options, port=None):
+    def start(*options, port=None, env=None):
         port = port or free_port()
         args = [f"--host={HOST}", f"--port={port}", f"--ssl_port={free_port()}",
                 f"--log={tmp_path / 'blackhole.log'}"]
         process = subprocess.Popen(
             [sys.executable, "-m", "blackhole", *args, *options, "run"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         processes.append(process)
         wait_for_port(port, process)

@@ -50,7 +50,7 @@ def test_without_debug_nothing_is_logged_per_message(daemon, tmp_path):
     assert lines[0] == "an earlier line"  # appended, never truncated
     messages = [LINE.match(line).group(1) for line in lines[1:]]
     notices = [re.compile(pattern) for pattern in (
-        r"Running as root: there is no 'blackhole' account",
+        r"Running as root: there is no 'blackhole' account", r"Worker \d+ serving on uvloop \S+$",
         rf"Listening on {HOST}:{port}, mode accept$",
         rf"Listening for SMTPS on {HOST}:\d+, mode accept$",
         r"No certificate configured: using a self-signed one for ",

@@ -1,7 +1,12 @@
-"""Stopping a running server: sessions are told 421, a message in flight still gets its reply."""
+"""Workers: the event loop they run on; when stopped, sessions are told 421, a message in flight
+still gets its reply."""
 
+import os
 import signal
+import smtplib
 import socket
+
+import pytest
 
 from tests.conftest import HOST
 
@@ -32,3 +37,16 @@ def test_sigterm_tells_idle_sessions_and_finishes_a_message_in_flight(daemon):
     assert process.wait(timeout=10) == 0
     idle.close()
     busy.close()
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_workers_use_uvloop_when_installed_else_asyncio(daemon, tmp_path, installed):
+    env = dict(os.environ)
+    if not installed:  # a module that fails to import, found before the real uvloop
+        (tmp_path / "uvloop.py").write_text("raise ImportError('not installed here')\n")
+        env["PYTHONPATH"] = str(tmp_path)
+    process, port = daemon(env=env)
+    with smtplib.SMTP(HOST, port, timeout=10) as smtp:
+        assert smtp.sendmail("a@example.com", ["b@example.com"], "Subject: loop\r\n\r\nhi") == {}
+    assert (" serving on uvloop " if installed else " serving on asyncio\n") in (
+        tmp_path / "blackhole.log").read_text()
