@@ -3,12 +3,13 @@
 The stream is an attribute so that TLS can replace it in place, for STARTTLS
 and on the implicit-TLS port alike; the protocol itself never touches it.
 
-A plaintext connection starts on the direct path: the event loop calls
-``_on_readable`` when the socket has data, which reads, parses and answers in
-one step, with no future or coroutine switch per command. Anything that step
-cannot finish at once (a delay, a reply the socket will not take whole,
-STARTTLS, the end of the session) hands the connection to the stream loop in
-``serve``, which it keeps from then on.
+A plaintext connection is served from the event loop's read callback,
+``_on_readable``: it reads, parses and answers in one step, with no future,
+task or coroutine switch per command, and a session that ends there (QUIT,
+the client leaving) never needs a task at all. What that step cannot finish
+at once (a delay, a reply the socket will not take whole, STARTTLS, a stop)
+hands the connection to a task running the stream loop, ``_serve``, which
+keeps it from then on. The implicit-TLS port starts there.
 """
 
 import asyncio
@@ -29,8 +30,9 @@ READ_SIZE = 65536  # bytes asked of the stream at once; every complete line is p
 class MailState:
     """Serve one SMTP connection: greet, read, answer in batches, time out."""
 
-    __slots__ = ("stream", "address", "settings", "tls", "session", "_loop",
-                 "_idle_since", "_timer", "_reading", "_stopping", "_handshake", "_direct")
+    __slots__ = ("stream", "address", "settings", "tls", "session", "sessions", "_loop",
+                 "_opened", "_idle_since", "_reading", "_stopping", "_handshake", "_direct",
+                 "_task")
 
     def __init__(self, stream, address, settings, policy, tls=None, implicit=False):
         """``tls``: the server SSLContext, offered by STARTTLS or, if ``implicit``, at once."""
@@ -39,59 +41,130 @@ class MailState:
         self.settings = settings
         self.tls = tls
         self.session = Session(settings, policy, starttls=tls is not None, secure=implicit)
+        self.sessions = None  # the live sessions this one belongs to, until it ends
         self._handshake = None  # the pending start_tls future
         self._loop = None
+        self._opened = None
         # Since when the client has been keeping us waiting, or None while we
         # work: only a whole command, message data, or reading our replies
         # counts as the client doing something (RFC 5321 4.5.3.2).
         self._idle_since = None
-        self._timer = None
         self._reading = False
         self._stopping = False
-        self._direct = None  # the future the direct path hands over with
+        self._direct = False  # served by the loop's read callback
+        self._task = None  # the stream loop, once the connection needs one
 
-    async def serve(self, sessions):
-        """Serve the connection to its end; belong to ``sessions`` meanwhile."""
+    def start(self, sessions):
+        """Greet and serve, as one of ``sessions`` until the session ends."""
         sessions.add(self)
+        self.sessions = sessions
         session = self.session
         if session.ident:
             log.debug("Connection from '%s'", self.address[0])
         loop = self._loop = asyncio.get_running_loop()
-        opened = loop.time()
+        self._opened = self._idle_since = loop.time()
         metrics.counts[metrics.OPENED] += 1
-        self._timer = loop.call_later(self.settings.timeout, self._check_idle)
+        if session.secure:
+            self._hand_over(self._greet_in_tls, None)
+            return
+        greeting = self.settings.greeting
+        metrics.replied(greeting)
+        if session.ident:
+            self._log_sent([greeting.wire])
         try:
-            self.stream.set_nodelay(True)
-            if session.secure:
-                await self._start_tls()
-            metrics.replied(self.settings.greeting)
-            await self._write([self.settings.greeting.wire])
-            if not session.secure:
-                step, argument = await self._run_direct()
-                if not await step(argument):
+            rest = self._send_now(greeting.wire)
+        except StreamClosedError:
+            self.close()
+            return
+        if rest:
+            self._hand_over(self._flush, self.stream.write(rest))
+            return
+        self._direct = self._reading = True
+        loop.add_reader(self.stream.socket.fileno(), self._on_readable)
+
+    def _on_readable(self):
+        """Read, parse and answer on the direct path, or hand over to the stream loop."""
+        try:
+            data = self.stream.socket.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()  # the client left
+            return
+        session = self.session
+        try:
+            out = session.receive(data)
+            if session.backlog or session.tls_pending or self._stopping:
+                self._hand_over(self._answer, out)
+                return
+            if out:
+                chunks = []
+                for item in out:
+                    if item.__class__ is not Reply:  # a delay
+                        self._hand_over(self._answer, out)
+                        return
+                    chunks.append(item.wire)
+                if session.ident:
+                    self._log_sent(chunks)
+                rest = self._send_now(b"".join(chunks))
+                if rest:
+                    self._hand_over(self._flush, self.stream.write(rest))
                     return
+                if session.closing:
+                    self.close()
+                    return
+        except StreamClosedError:
+            self.close()
+            return
+        except Exception:
+            log.exception("Session with %s failed", self.address[0])
+            self.close()
+            return
+        if out or session.in_data:
+            self._idle_since = self._loop.time()
+
+    def _hand_over(self, step, argument):
+        """Serve from a task from now on, beginning with ``await step(argument)``."""
+        if self._direct:
+            self._stop_direct()
+        self._task = self._loop.create_task(self._serve(step, argument))
+
+    def _stop_direct(self):
+        self._direct = self._reading = False
+        self._loop.remove_reader(self.stream.socket.fileno())
+
+    async def _serve(self, step, argument):
+        """The stream loop: serve the connection to its end."""
+        session = self.session
+        try:
+            if not await step(argument):
+                return
             while not session.closing:
                 if session.backlog:
                     data = b""
                 else:
                     if self._idle_since is None:
-                        self._idle_since = loop.time()
+                        self._idle_since = self._loop.time()
                     self._reading = True
                     data = await self.stream.read_bytes(READ_SIZE, partial=True)
                     self._reading = False
                 if not await self._answer(session.receive(data)):
                     break
         except StreamClosedError:
-            pass  # the client went away, or the idle timer closed the stream
+            pass  # the client went away, or the session was closed
         except Exception:
             log.exception("Session with %s failed", self.address[0])
         finally:
-            sessions.discard(self)
-            self._timer.cancel()
             self.close()
-            metrics.session_ended(loop.time() - opened)
-            if session.ident:
-                log.debug("[%s] Closing", session.ident)
+
+    async def _greet_in_tls(self, _):
+        """The implicit-TLS port: the handshake, then the greeting."""
+        await self._start_tls()
+        metrics.replied(self.settings.greeting)
+        await self._write([self.settings.greeting.wire])
+        return True
 
     async def _answer(self, out):
         """Act on what one receive() returned; False once the session must end."""
@@ -107,66 +180,6 @@ class MailState:
             self._close_with(replies.SHUTTING_DOWN)
             return False
         return True
-
-    def _run_direct(self):
-        """Serve from the event loop's read callback until it hands over.
-
-        Returns the future of the step the stream loop must take first.
-        """
-        loop = self._loop
-        self._direct = loop.create_future()
-        self._idle_since = loop.time()
-        self._reading = True
-        loop.add_reader(self.stream.socket.fileno(), self._on_readable)
-        return self._direct
-
-    def _on_readable(self):
-        """Read, parse and answer on the direct path, or hand over to the stream loop."""
-        try:
-            data = self.stream.socket.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._leave_direct(StreamClosedError())
-            return
-        session = self.session
-        try:
-            out = session.receive(data)
-            if session.backlog or session.tls_pending or session.closing or self._stopping:
-                self._leave_direct((self._answer, out))
-                return
-            if out:
-                chunks = []
-                for item in out:
-                    if item.__class__ is not Reply:  # a delay
-                        self._leave_direct((self._answer, out))
-                        return
-                    chunks.append(item.wire)
-                if session.ident:
-                    self._log_sent(chunks)
-                rest = self._send_now(b"".join(chunks))
-                if rest:
-                    self._leave_direct((self._flush, self.stream.write(rest)))
-                    return
-        except Exception as error:  # StreamClosedError, or a fault serve() will log
-            self._leave_direct(error)
-            return
-        if out or session.in_data:
-            self._idle_since = self._loop.time()
-
-    def _leave_direct(self, outcome):
-        """Stop the read callback; the stream loop takes over with ``outcome``."""
-        direct, self._direct = self._direct, None
-        self._reading = False
-        self._loop.remove_reader(self.stream.socket.fileno())
-        if direct.done():
-            pass  # serve() was cancelled: the loop is closing
-        elif isinstance(outcome, Exception):
-            direct.set_exception(outcome)
-        else:
-            direct.set_result(outcome)
 
     async def _flush(self, written):
         """Wait out a write the socket did not take at once; a non-reader is idle."""
@@ -254,9 +267,9 @@ class MailState:
                       self.stream.socket.version(), self.stream.socket.cipher()[0])
 
     def close(self):
-        """Close the connection, whatever the state of the TLS switch."""
-        if self._direct is not None:
-            self._leave_direct(StreamClosedError())
+        """End the session: close the connection, whatever the state of the TLS switch."""
+        if self._direct:
+            self._stop_direct()
         if self._handshake is not None:
             self._handshake.cancel()  # Tornado closes the half-made TLS stream
         elif self.stream is not None and not self.stream.closed():
@@ -266,6 +279,12 @@ class MailState:
                 except (ssl.SSLError, OSError):
                     pass  # the client's own close_notify is not waited for
             self.stream.close()
+        if self.sessions is not None:  # the first close: a task may still be unwinding
+            self.sessions.discard(self)
+            self.sessions = None
+            metrics.session_ended(self._loop.time() - self._opened)
+            if self.session.ident:
+                log.debug("[%s] Closing", self.session.ident)
 
     def shutdown(self):
         """The server is stopping: 421 now if waiting for a command, else after this exchange."""
@@ -273,21 +292,18 @@ class MailState:
         if self._reading and not self.session.in_data:
             self._close_with(replies.SHUTTING_DOWN)
 
-    def _check_idle(self):
-        """The idle timer: rearm while the client is active, else 421 and close."""
-        timeout = self.settings.timeout
+    def check_idle(self, now):
+        """421 and close if the client has kept us waiting for --timeout seconds."""
         since = self._idle_since
-        now = self._loop.time()
-        if since is None or now - since < timeout:
-            wait = timeout if since is None else since + timeout - now
-            self._timer = self._loop.call_later(wait, self._check_idle)
-        elif self._handshake is not None:
+        if since is None or now - since < self.settings.timeout:
+            return
+        if self._handshake is not None:
             self.close()
         else:
             self._close_with(replies.TIMEOUT)
 
     def _close_with(self, reply):
-        """Say a last 421 and close; the read loop ends on the closed stream."""
+        """Say a last 421 and close; a stream loop ends on the closed stream."""
         metrics.replied(reply)
         if self.session.ident:
             self._log_sent([reply.wire])

@@ -224,7 +224,7 @@ def _worker(plan, values, settings, stderr, master, counts, task):
 
 async def _serve(plan, settings, counts, task):
     """Serve worker ``task``'s sockets until a stop signal arrives."""
-    sessions = set()
+    sessions = server.Sessions(settings.timeout)
     servers = []
     for listener, per_worker, own in plan.listeners:
         smtp = server.SMTPServer(settings, own, plan.context, listener.implicit, sessions)

@@ -43,6 +43,8 @@ def serve(io_loop):
     yield start
     for server in servers:
         server.stop()
+        for state in list(server.sessions):
+            state.close()
 
 
 @pytest.fixture

@@ -3,6 +3,12 @@
 import socket
 
 import pytest
+from tornado.netutil import bind_sockets
+
+from blackhole.config import Settings
+from blackhole.policy import Policy
+from blackhole.server import SMTPServer
+from tests.conftest import HOST, Client
 
 
 @pytest.fixture
@@ -81,3 +87,19 @@ async def test_replies_the_socket_takes_in_part_all_arrive_in_order(connect, sho
     assert await client.replies(3) == [ehlo, (250, "2.0.0 OK"), ehlo]
     assert await client.message(b"Subject: after\r\n\r\nstill served\r\n.\r\n") == (
         250, "2.0.0 OK")
+
+
+@pytest.mark.gen_test
+async def test_accepted_connections_have_nagle_off():
+    """Replies leave at once, not held back until the last one is acknowledged."""
+    sockets = bind_sockets(0, HOST)
+    server = SMTPServer(Settings(), Policy("accept", 0))
+    server.add_sockets(sockets)
+    client = await Client.connect(sockets[0].getsockname()[1])
+    try:
+        (state,) = server.sessions
+        assert state.stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        client.close()
+        server.stop()
+        state.close()
