@@ -32,7 +32,7 @@ class MailState:
 
     __slots__ = ("stream", "address", "settings", "tls", "session", "sessions", "_loop",
                  "_opened", "_idle_since", "_reading", "_stopping", "_handshake", "_direct",
-                 "_task")
+                 "_fd", "_task")
 
     def __init__(self, stream, address, settings, policy, tls=None, implicit=False):
         """``tls``: the server SSLContext, offered by STARTTLS or, if ``implicit``, at once."""
@@ -52,6 +52,7 @@ class MailState:
         self._reading = False
         self._stopping = False
         self._direct = False  # served by the loop's read callback
+        self._fd = None  # the socket's descriptor, which Tornado forgets when it closes
         self._task = None  # the stream loop, once the connection needs one
 
     def start(self, sessions):
@@ -73,14 +74,15 @@ class MailState:
             self._log_sent([greeting.wire])
         try:
             rest = self._send_now(greeting.wire)
+            if rest:
+                self._hand_over(self._flush, self.stream.write(rest))
+                return
         except StreamClosedError:
             self.close()
             return
-        if rest:
-            self._hand_over(self._flush, self.stream.write(rest))
-            return
+        self._fd = self.stream.socket.fileno()
+        loop.add_reader(self._fd, self._on_readable)
         self._direct = self._reading = True
-        loop.add_reader(self.stream.socket.fileno(), self._on_readable)
 
     def _on_readable(self):
         """Read, parse and answer on the direct path, or hand over to the stream loop."""
@@ -110,6 +112,7 @@ class MailState:
                     self._log_sent(chunks)
                 rest = self._send_now(b"".join(chunks))
                 if rest:
+                    self._stop_direct()  # before Tornado, which may close the socket
                     self._hand_over(self._flush, self.stream.write(rest))
                     return
                 if session.closing:
@@ -127,21 +130,24 @@ class MailState:
 
     def _hand_over(self, step, argument):
         """Serve from a task from now on, beginning with ``await step(argument)``."""
-        if self._direct:
-            self._stop_direct()
+        self._stop_direct()
         self._task = self._loop.create_task(self._serve(step, argument))
 
     def _stop_direct(self):
-        self._direct = self._reading = False
-        self._loop.remove_reader(self.stream.socket.fileno())
+        """Unregister the read callback; always before the socket can be closed."""
+        if self._direct:
+            self._loop.remove_reader(self._fd)
+            self._direct = self._reading = False
 
     async def _serve(self, step, argument):
         """The stream loop: serve the connection to its end."""
         session = self.session
         try:
-            if not await step(argument):
-                return
+            await step(argument)
             while not session.closing:
+                if self._stopping and not session.in_data:
+                    self._close_with(replies.SHUTTING_DOWN)
+                    break
                 if session.backlog:
                     data = b""
                 else:
@@ -150,8 +156,7 @@ class MailState:
                     self._reading = True
                     data = await self.stream.read_bytes(READ_SIZE, partial=True)
                     self._reading = False
-                if not await self._answer(session.receive(data)):
-                    break
+                await self._answer(session.receive(data))
         except StreamClosedError:
             pass  # the client went away, or the session was closed
         except Exception:
@@ -164,10 +169,9 @@ class MailState:
         await self._start_tls()
         metrics.replied(self.settings.greeting)
         await self._write([self.settings.greeting.wire])
-        return True
 
     async def _answer(self, out):
-        """Act on what one receive() returned; False once the session must end."""
+        """Act on what one receive() returned."""
         session = self.session
         if out or session.in_data:
             self._idle_since = None
@@ -176,17 +180,12 @@ class MailState:
         if session.tls_pending:
             await self._start_tls()
             session.tls_started()
-        if self._stopping and not session.in_data and not session.closing:
-            self._close_with(replies.SHUTTING_DOWN)
-            return False
-        return True
 
     async def _flush(self, written):
         """Wait out a write the socket did not take at once; a non-reader is idle."""
         self._idle_since = self._loop.time()
         await written
         self._idle_since = None
-        return True
 
     async def _send(self, out):
         """Write the replies of one batch at once, sleeping where a delay says."""
@@ -235,8 +234,8 @@ class MailState:
     async def _start_tls(self):
         """Replace the stream in place with ``IOStream.start_tls`` (RFC 3207, RFC 8314).
 
-        Its preconditions hold here: every reply is flushed and, since each
-        read takes all Tornado had buffered, no plaintext is left over.
+        Every reply is flushed first. Tornado holds no plaintext either, unless
+        the client sent more without waiting for our 220; that is refused below.
         """
         self._idle_since = self._loop.time()  # a stalled handshake is an idle client
         plain, self.stream = self.stream, None  # start_tls takes the socket over
@@ -268,8 +267,7 @@ class MailState:
 
     def close(self):
         """End the session: close the connection, whatever the state of the TLS switch."""
-        if self._direct:
-            self._stop_direct()
+        self._stop_direct()
         if self._handshake is not None:
             self._handshake.cancel()  # Tornado closes the half-made TLS stream
         elif self.stream is not None and not self.stream.closed():
@@ -307,6 +305,7 @@ class MailState:
         metrics.replied(reply)
         if self.session.ident:
             self._log_sent([reply.wire])
+        self._stop_direct()  # before Tornado, which closes the socket if the write fails
         try:
             self.stream.write(reply.wire)
         except StreamClosedError:

@@ -7,6 +7,7 @@ listener answering with its own mode and delay.
 
 import asyncio
 import errno
+import logging
 import resource
 import socket
 import sys
@@ -19,6 +20,8 @@ from blackhole import metrics, replies
 from blackhole.errors import BlackholeError
 from blackhole.mailstate import MailState
 from blackhole.policy import MODES, delay_range
+
+log = logging.getLogger("blackhole")
 
 BACKLOG = 1024  # pending connections per listener; load tests open them in bursts
 SPARE_FILES = 64  # descriptors kept free for logs and listeners
@@ -136,9 +139,14 @@ class Sessions(set):
     def _sweep(self):
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for state in list(self):
-            state.check_idle(now)
-        self._sweeper = loop.call_later(self._tick, self._sweep) if self else None
+        try:
+            for state in list(self):  # a copy: closing a session leaves the set
+                try:
+                    state.check_idle(now)
+                except Exception:  # one session's fault must not stop the sweep
+                    log.exception("Idle check of %s failed", state.address[0])
+        finally:
+            self._sweeper = loop.call_later(self._tick, self._sweep) if self else None
 
 
 class SMTPServer(TCPServer):
@@ -178,7 +186,7 @@ class SMTPServer(TCPServer):
                 stream.write(replies.TOO_MANY_CONNECTIONS.wire)
             stream.close()
             metrics.session_ended(0)
-            return None
+            return
         MailState(stream, address, self.settings, self.policy, self.tls,
                   self.implicit).start(self.sessions)
 

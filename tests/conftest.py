@@ -23,11 +23,11 @@ HOST = "127.0.0.1"
 
 
 @pytest.fixture
-def serve(io_loop):
-    """Start an SMTPServer on the test's IOLoop: ``serve(mode=..., delay=..., **settings)``.
+def smtp_server(io_loop):
+    """Start an SMTPServer on the test's IOLoop: ``smtp_server(mode=..., delay=..., **settings)``.
 
     ``tls`` (an SSLContext) offers STARTTLS, or with ``implicit`` speaks TLS at
-    once. Returns the port it listens on, 127.0.0.1 only.
+    once. Returns the server and the port it listens on, 127.0.0.1 only.
     """
     servers = []
 
@@ -38,13 +38,19 @@ def serve(io_loop):
                             max_connections=max_connections)
         server.add_sockets(sockets)
         servers.append(server)
-        return sockets[0].getsockname()[1]
+        return server, sockets[0].getsockname()[1]
 
     yield start
     for server in servers:
         server.stop()
         for state in list(server.sessions):
             state.close()
+
+
+@pytest.fixture
+def serve(smtp_server):
+    """Like ``smtp_server``, returning the port only."""
+    return lambda *args, **kwargs: smtp_server(*args, **kwargs)[1]
 
 
 @pytest.fixture

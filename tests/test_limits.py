@@ -2,6 +2,8 @@
 
 import asyncio
 import smtplib
+import socket
+import struct
 import time
 
 import pytest
@@ -133,6 +135,24 @@ async def test_a_byte_at_a_time_does_not_hold_off_the_timeout(serve, connect):
         await asyncio.sleep(0.25)
     assert (await client.reply())[0] == 421
     assert time.monotonic() - started < 1.5  # a reset clock would wait until 1.75 s
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_timeout_that_meets_a_reset_connection_harms_no_one_else(smtp_server):
+    """The 421 is written to a connection the client reset before the loop saw it."""
+    server, port = smtp_server(timeout=1)
+    reset = socket.create_connection((HOST, port), timeout=5)
+    await asyncio.sleep(0.2)  # the server's loop accepts and greets meanwhile
+    assert reset.recv(100).startswith(b"220 ")
+    (state,) = server.sessions
+    reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reset.close()  # an RST, which the server's loop has not polled for yet
+    state.check_idle(asyncio.get_running_loop().time() + 60)  # what the sweep does
+    assert not server.sessions
+    other = await Client.connect(port)  # it may well get the same descriptor
+    assert await other.command("NOOP") == (250, "2.0.0 OK")
+    assert (await other.reply())[0] == 421  # and the sweep still times it out
+    assert await other.closed()
 
 
 @pytest.mark.gen_test

@@ -3,12 +3,7 @@
 import socket
 
 import pytest
-from tornado.netutil import bind_sockets
-
-from blackhole.config import Settings
-from blackhole.policy import Policy
-from blackhole.server import SMTPServer
-from tests.conftest import HOST, Client
+from tests.conftest import Client
 
 
 @pytest.fixture
@@ -90,16 +85,10 @@ async def test_replies_the_socket_takes_in_part_all_arrive_in_order(connect, sho
 
 
 @pytest.mark.gen_test
-async def test_accepted_connections_have_nagle_off():
+async def test_accepted_connections_have_nagle_off(smtp_server):
     """Replies leave at once, not held back until the last one is acknowledged."""
-    sockets = bind_sockets(0, HOST)
-    server = SMTPServer(Settings(), Policy("accept", 0))
-    server.add_sockets(sockets)
-    client = await Client.connect(sockets[0].getsockname()[1])
-    try:
-        (state,) = server.sessions
-        assert state.stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    finally:
-        client.close()
-        server.stop()
-        state.close()
+    server, port = smtp_server()
+    client = await Client.connect(port)
+    (state,) = server.sessions
+    assert state.stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    client.close()

@@ -12,7 +12,7 @@ def readme_commands():
 
 def test_readme_opens_with_install_and_test_commands():
     run, test = readme_commands()
-    assert "pip install ." in run and run.endswith("blackhole --port=2525 --ssl_port=4650 run")
+    assert "pip install '.[uvloop]'" in run and run.endswith("blackhole --port=2525 --ssl_port=4650 run")
     assert "pip install '.[test]'" in test and test.endswith("python -m pytest")
 
 
