@@ -85,9 +85,13 @@ class MailState:
         self._direct = self._reading = True
 
     def _on_readable(self):
-        """Read, parse and answer on the direct path, or hand over to the stream loop."""
+        """Read, parse and answer on the direct path, or hand over to the stream loop.
+
+        Tornado has nothing queued here, and the stream is open: the socket is ours.
+        """
+        sock = self.stream.socket
         try:
-            data = self.stream.socket.recv(READ_SIZE)
+            data = sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -98,33 +102,40 @@ class MailState:
         session = self.session
         try:
             out = session.receive(data)
-            if session.backlog or session.tls_pending or self._stopping:
-                self._hand_over(self._answer, out)
-                return
-            if out:
-                chunks = []
-                for item in out:
-                    if item.__class__ is not Reply:  # a delay
-                        self._hand_over(self._answer, out)
-                        return
-                    chunks.append(item.wire)
-                if session.ident:
-                    self._log_sent(chunks)
-                rest = self._send_now(b"".join(chunks))
-                if rest:
-                    self._stop_direct()  # before Tornado, which may close the socket
-                    self._hand_over(self._flush, self.stream.write(rest))
-                    return
-                if session.closing:
-                    self.close()
-                    return
-        except StreamClosedError:
-            self.close()
-            return
         except Exception:
             log.exception("Session with %s failed", self.address[0])
             self.close()
             return
+        if session.backlog or session.tls_pending or self._stopping:
+            self._hand_over(self._answer, out)
+            return
+        if out:
+            chunks = []
+            for item in out:
+                if item.__class__ is not Reply:  # a delay
+                    self._hand_over(self._answer, out)
+                    return
+                chunks.append(item.wire)
+            if session.ident:
+                self._log_sent(chunks)
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            if sent < len(data):
+                self._stop_direct()  # before Tornado, which may close the socket
+                try:
+                    self._hand_over(self._flush, self.stream.write(data[sent:]))
+                except StreamClosedError:
+                    self.close()
+                return
+            if session.closing:
+                self.close()
+                return
         if out or session.in_data:
             self._idle_since = self._loop.time()
 

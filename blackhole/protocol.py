@@ -22,6 +22,8 @@ MAX_BATCH = 256  # replies owed at once; the rest of the input waits its turn
 MAX_DATA_LINE = 1000  # octets with the line ending (RFC 5321 4.5.3.1.6)
 MAX_AUTH_LINE = 12288  # octets of an AUTH response (RFC 4954 4)
 _SWITCHES = {b"x-blackhole-mode": "mode", b"x-blackhole-delay": "delay"}
+# The first octet a switch's header line can have, in either case.
+_SWITCH_INITIALS = frozenset(name[0] for key in _SWITCHES for name in (key, key.upper()))
 _END_OF_DATA = b"\r\n.\r\n"  # the only end of data (RFC 5321 4.1.1.4)
 
 
@@ -317,9 +319,14 @@ class Session:
                 if len(self._header_line) < MAX_DATA_LINE:
                     self._header_line += data[pos : min(stop, pos + MAX_DATA_LINE)]
                 return
-            line = (self._header_line + data[pos:newline]).rstrip(b"\r")
-            self._header_line = b""
-            pos = newline + 1
+            start, pos = pos, newline + 1
+            if self._header_line:
+                line = (self._header_line + data[start:newline]).rstrip(b"\r")
+                self._header_line = b""
+            elif newline - start < 2 or data[start] in _SWITCH_INITIALS:
+                line = data[start:newline].rstrip(b"\r")
+            else:
+                continue  # neither a switch nor the blank line: not worth a copy
             if not line:  # the end of the header section (RFC 5322 2.1)
                 self._header_line = None  # the body is never read
                 return

@@ -78,7 +78,7 @@ def envelope(arg, keyword):
     rest = arg[match.end() :]
     if rest and rest[0] != " ":
         raise ArgumentError("address")
-    return mailbox, parameters(rest)
+    return mailbox, parameters(rest) if rest else {}
 
 
 def parameters(text):
