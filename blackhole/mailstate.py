@@ -53,7 +53,7 @@ class MailState:
         self._stopping = False
         self._direct = False  # served by the loop's read callback
         self._fd = None  # the socket's descriptor, which Tornado forgets when it closes
-        self._task = None  # the stream loop, once the connection needs one
+        self._task = None  # the stream loop's task, held here: asyncio holds tasks weakly
 
     def start(self, sessions):
         """Greet and serve, as one of ``sessions`` until the session ends."""
@@ -72,26 +72,16 @@ class MailState:
         metrics.replied(greeting)
         if session.ident:
             self._log_sent([greeting.wire])
-        try:
-            rest = self._send_now(greeting.wire)
-            if rest:
-                self._hand_over(self._flush, self.stream.write(rest))
-                return
-        except StreamClosedError:
-            self.close()
+        if not self._send_direct(greeting.wire):
             return
         self._fd = self.stream.socket.fileno()
         loop.add_reader(self._fd, self._on_readable)
         self._direct = self._reading = True
 
     def _on_readable(self):
-        """Read, parse and answer on the direct path, or hand over to the stream loop.
-
-        Tornado has nothing queued here, and the stream is open: the socket is ours.
-        """
-        sock = self.stream.socket
+        """Read, parse and answer on the direct path, or hand over to the stream loop."""
         try:
-            data = sock.recv(READ_SIZE)
+            data = self.stream.socket.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -118,26 +108,34 @@ class MailState:
                 chunks.append(item.wire)
             if session.ident:
                 self._log_sent(chunks)
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.close()
-                return
-            if sent < len(data):
-                self._stop_direct()  # before Tornado, which may close the socket
-                try:
-                    self._hand_over(self._flush, self.stream.write(data[sent:]))
-                except StreamClosedError:
-                    self.close()
+            if not self._send_direct(chunks[0] if len(chunks) == 1 else b"".join(chunks)):
                 return
             if session.closing:
                 self.close()
                 return
         if out or session.in_data:
             self._idle_since = self._loop.time()
+
+    def _send_direct(self, data):
+        """Send from the direct path, where Tornado has nothing queued.
+
+        Returns False if the session was handed over (to finish the write) or closed.
+        """
+        try:
+            sent = self.stream.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
+            return False
+        if sent == len(data):
+            return True
+        self._stop_direct()  # before Tornado, which may close the socket
+        try:
+            self._hand_over(self._flush, self.stream.write(data[sent:]))
+        except StreamClosedError:
+            self.close()
+        return False
 
     def _hand_over(self, step, argument):
         """Serve from a task from now on, beginning with ``await step(argument)``."""
@@ -217,30 +215,26 @@ class MailState:
         if self.session.ident:
             self._log_sent(chunks)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        data = self._send_now(data)
-        if not data:
-            return
-        future = self.stream.write(data)
+        stream = self.stream
+        if not (stream.closed() or stream.writing()):
+            # Nothing queued: hand the replies to the socket at once, which is
+            # what stream.write would do, without its per-write bookkeeping.
+            try:
+                sent = stream.socket.send(data)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0
+            except OSError:
+                raise StreamClosedError() from None  # _serve() closes the session
+            if sent == len(data):
+                return
+            data = data[sent:]
+        future = stream.write(data)
         if not future.done():
             # A client that stops reading our replies is as idle as one that
             # stops sending.
             self._idle_since = self._loop.time()
             await future
             self._idle_since = None
-
-    def _send_now(self, data):
-        """Give ``data`` to the socket if nothing is queued; return what it did not take."""
-        stream = self.stream
-        if stream.closed() or stream.writing():
-            return data
-        # What stream.write would do first, without its per-write bookkeeping.
-        try:
-            sent = stream.socket.send(data)
-        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            return data
-        except OSError:
-            raise StreamClosedError() from None  # serve() closes the stream
-        return data[sent:]
 
     async def _start_tls(self):
         """Replace the stream in place with ``IOStream.start_tls`` (RFC 3207, RFC 8314).
