@@ -31,8 +31,8 @@ class MailState:
     """Serve one SMTP connection: greet, read, answer in batches, time out."""
 
     __slots__ = ("stream", "address", "settings", "tls", "session", "sessions", "_loop",
-                 "_opened", "_idle_since", "_reading", "_stopping", "_handshake", "_direct",
-                 "_fd", "_task")
+                 "_opened", "_idle_since", "_reading", "_stopping", "_handshake", "_fd",
+                 "_task")
 
     def __init__(self, stream, address, settings, policy, tls=None, implicit=False):
         """``tls``: the server SSLContext, offered by STARTTLS or, if ``implicit``, at once."""
@@ -51,8 +51,9 @@ class MailState:
         self._idle_since = None
         self._reading = False
         self._stopping = False
-        self._direct = False  # served by the loop's read callback
-        self._fd = None  # the socket's descriptor, which Tornado forgets when it closes
+        # While served by the loop's read callback: the socket's descriptor,
+        # kept because Tornado forgets it when it closes the socket.
+        self._fd = None
         self._task = None  # the stream loop's task, held here: asyncio holds tasks weakly
 
     def start(self, sessions):
@@ -76,7 +77,7 @@ class MailState:
             return
         self._fd = self.stream.socket.fileno()
         loop.add_reader(self._fd, self._on_readable)
-        self._direct = self._reading = True
+        self._reading = True
 
     def _on_readable(self):
         """Read, parse and answer on the direct path, or hand over to the stream loop."""
@@ -144,9 +145,10 @@ class MailState:
 
     def _stop_direct(self):
         """Unregister the read callback; always before the socket can be closed."""
-        if self._direct:
+        if self._fd is not None:
             self._loop.remove_reader(self._fd)
-            self._direct = self._reading = False
+            self._fd = None
+            self._reading = False
 
     async def _serve(self, step, argument):
         """The stream loop: serve the connection to its end."""

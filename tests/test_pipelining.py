@@ -1,4 +1,5 @@
-"""RFC 2920 over loopback: a batch of commands is answered in order, in one write."""
+"""How replies leave, over loopback: a batch (RFC 2920) in order and in one write, whole even
+when the socket takes them in part, and without Nagle's wait."""
 
 import socket
 
