@@ -347,9 +347,11 @@ class Session:
             stop = end if found < 0 else found + len(_END_OF_DATA)
         self._size += stop - pos
         # Dot-stuffed lines (RFC 5321 4.5.2): count the dots to undo them.  A
-        # line ends with CRLF; a dot after a bare LF is content.
+        # line ends with CRLF; a dot after a bare LF is content.  A "<CRLF>."
+        # that straddles the reads counts only if its dot is before ``stop``:
+        # after the end marker a dot starts the next command.
         self._dots += data.count(b"\r\n.", pos, stop) + (
-            (tail[-2:] + data[pos : pos + 2]).find(b"\r\n.") in (0, 1)
+            (tail[-2:] + data[pos : min(pos + 2, stop)]).find(b"\r\n.") in (0, 1)
         )
         if self._header_line is not None:
             self._scan_headers(data, pos, stop)

@@ -40,8 +40,9 @@ def every_split(data):
     (b"x\n.\r\n\r\n.\r\n", 7),
 ])
 def test_end_of_data_and_size_do_not_depend_on_where_reads_end(body, size):
-    expected = [250, 250, 250, 354, 250, 250]
-    data = ENVELOPE + body + b"NOOP\r\n"
+    # A dot right after the end marker starts the next command: it is no stuffing.
+    expected = [250, 250, 250, 354, 250, 500, 250]
+    data = ENVELOPE + body + b".NOOP\r\nNOOP\r\n"
     for chunks in every_split(data):
         codes, session = feed(chunks)
         assert codes == expected, chunks
