@@ -8,8 +8,6 @@ import enum
 from types import MappingProxyType
 from typing import Callable, Mapping, NamedTuple
 
-import binascii
-
 from blackhole import auth, replies, syntax
 from blackhole.replies import Reply
 
@@ -256,7 +254,7 @@ def auth_(session, arg):
         return replies.AUTH_ABORTED
     try:
         initial = auth.initial_response(initial)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or non-ASCII text
         return replies.AUTH_BAD_BASE64
     session.start_auth(exchange(initial, session.settings.mailname))
     return None  # the exchange answers

@@ -83,6 +83,9 @@ async def test_abort_bad_base64_and_unknown_mechanism(connect):
     assert await client.command("*") == (501, "5.7.0 Authentication aborted")
     assert await client.command("AUTH PLAIN *") == (501, "5.7.0 Authentication aborted")
     assert await client.command("AUTH PLAIN not*base64") == (501, "5.5.2 Invalid base64 data")
+    # Not ASCII at all: base64 cannot even look at it.
+    assert await client.command("AUTH PLAIN \u00e9") == (501, "5.5.2 Invalid base64 data")
+    assert await client.command("AUTH LOGIN \u00e9=") == (501, "5.5.2 Invalid base64 data")
     await client.command("AUTH PLAIN")
     assert await client.command("%%%") == (501, "5.5.2 Invalid base64 data")
     assert await client.command("AUTH GSSAPI") == (504, "5.5.4 Unrecognized authentication type")
