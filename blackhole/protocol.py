@@ -41,7 +41,7 @@ class Session:
         "starttls_offered", "secure", "tls_pending", "authenticated", "bdat",
         "binarymime", "_out", "_consume", "_unread", "_discarding", "_tail",
         "_size", "_dots", "_line", "_long_line", "_debug_line", "_switches",
-        "_header_line", "_chunk_left", "_chunk_reply", "_chunk_refused", "_auth",
+        "_header_line", "_folding", "_chunk_left", "_chunk_reply", "_chunk_refused", "_auth",
         "_counts",
     )
 
@@ -306,34 +306,55 @@ class Session:
     def _start_headers(self):
         """Read the header section for switches, unless --dynamic_switch=False."""
         self._switches = {}
+        self._folding = None  # a switch whose value may go on in folded lines
         self._header_line = b"" if self.settings.dynamic_switch else None
 
     def _scan_headers(self, data, pos, stop):
         """Look for X-Blackhole-* among the header lines, up to the blank line.
 
-        Only a partial line is kept between reads, at most MAX_DATA_LINE octets.
+        A line is judged by its first MAX_DATA_LINE octets less one CR before
+        the LF, however the reads split it; only that much of a partial line
+        is kept between reads.
         """
         while True:
             newline = data.find(b"\n", pos, stop)
             if newline < 0:
-                if len(self._header_line) < MAX_DATA_LINE:
-                    self._header_line += data[pos : min(stop, pos + MAX_DATA_LINE)]
+                kept = self._header_line
+                self._header_line = kept + data[pos : min(stop, pos + MAX_DATA_LINE - len(kept))]
                 return
             start, pos = pos, newline + 1
-            if self._header_line:
-                line = (self._header_line + data[start:newline]).rstrip(b"\r")
+            kept = self._header_line
+            if kept:
                 self._header_line = b""
-            elif newline - start < 2 or data[start] in _SWITCH_INITIALS:
-                line = data[start:newline].rstrip(b"\r")
+                line = kept + data[start : min(newline, start + MAX_DATA_LINE - len(kept))]
+            elif (newline - start < 2 or data[start] in _SWITCH_INITIALS
+                  or self._folding is not None):
+                line = data[start : min(newline, start + MAX_DATA_LINE)]
             else:
                 continue  # neither a switch nor the blank line: not worth a copy
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            if line[:1] in (b" ", b"\t"):
+                # A folded line continues the header before it (RFC 5322
+                # 2.2.3): part of a switch's value, never a switch itself.
+                if self._folding is not None:
+                    self._folding = (self._folding[0], self._folding[1] + line)
+                continue
+            self._unfolded()
             if not line:  # the end of the header section (RFC 5322 2.1)
                 self._header_line = None  # the body is never read
                 return
             name, colon, value = line.partition(b":")
             switch = _SWITCHES.get(name.strip().lower()) if colon else None
             if switch:
-                policy.switch(switch, value.decode("latin-1"), self._switches)
+                self._folding = (switch, value)
+
+    def _unfolded(self):
+        """The switch being read has no more folded lines: record it."""
+        if self._folding is not None:
+            switch, value = self._folding
+            self._folding = None
+            policy.switch(switch, value.decode("latin-1"), self._switches)
 
     def _data(self, data, pos):
         end = len(data)
@@ -442,6 +463,7 @@ class Session:
         elif long_line:
             reply = replies.DATA_LINE_TOO_LONG
         else:
+            self._unfolded()  # a switch on the last line of a header-only message
             reply, pause = self.policy.end_of_data(self._switches)
         counts = self._counts
         counts[MESSAGE - 200 + reply.code] += 1

@@ -93,3 +93,27 @@ def test_a_switch_in_the_body_is_ignored_however_the_message_arrives():
     body = b"Subject: s\r\n\r\nX-Blackhole-Mode: offline\r\n.\r\n"
     for chunks in every_split(ENVELOPE + body):
         assert end_of_data(chunks)[0] == 250, chunks
+
+
+@pytest.mark.parametrize("headers, code", [
+    # A folded line belongs to the header before it (RFC 5322 2.2.3).
+    (b"Subject: s\r\n X-Blackhole-Mode: offline\r\n", 250),
+    (b"Subject: s\r\n\tX-Blackhole-Mode: offline\r\n", 250),
+    (b"X-Blackhole-Mode:\r\n offline\r\n", 521),  # a switch's own value, unfolded
+    (b"X-Blackhole-Mode: off\r\n line\r\nSubject: s\r\n", 250),  # "off line": no mode
+    # CR CR LF: the line is "\r", neither blank nor a switch.
+    (b"Subject: s\r\n\r\r\nX-Blackhole-Mode: offline\r\n", 521),
+    (b"X-Blackhole-Mode: offline\r\r\n", 521),
+])
+def test_folded_and_odd_header_lines_get_one_answer_however_they_arrive(headers, code):
+    for chunks in every_split(ENVELOPE + headers + b"\r\nbody\r\n.\r\n"):
+        assert end_of_data(chunks)[0] == code, chunks
+
+
+def test_a_long_switch_line_is_judged_by_its_first_octets_in_any_split():
+    # BDAT has no line length limit, so the switch itself decides.
+    content = b"X-Blackhole-Mode:" + b" " * 1990 + b"offline\r\n\r\nbody"
+    data = (b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+            b"BDAT %d LAST\r\n" % len(content) + content)
+    for cut in range(1, len(data), 13):
+        assert end_of_data([data[:cut], data[cut:]])[0] == 250, cut
