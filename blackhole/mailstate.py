@@ -248,6 +248,7 @@ class MailState:
         plain, self.stream = self.stream, None  # start_tls takes the socket over
         try:
             self._handshake = plain.start_tls(server_side=True, ssl_options=self.tls)
+            self.stream = await self._handshake
         except ValueError:
             # Tornado read plaintext the client sent after STARTTLS without
             # waiting for our 220: an injection attempt (RFC 3207 5). Drop it all.
@@ -255,11 +256,11 @@ class MailState:
                 log.debug("[%s] Plaintext after STARTTLS: closing", self.session.ident)
             plain.close()
             raise StreamClosedError() from None
-        try:
-            self.stream = await self._handshake
         except (asyncio.CancelledError, ssl.SSLError, OSError) as error:
-            # A client fault (or the idle timer giving up): Tornado has logged
-            # its one line already; end this session, and only this one.
+            # The wrap itself fails if the client has already reset (the ssl
+            # module closes the socket then); otherwise a client fault or the
+            # idle timer giving up, which Tornado has logged in one line.
+            # Either way, end this session and only this one.
             metrics.counts[metrics.TLS_FAILED] += 1
             if self.session.ident:
                 log.debug("[%s] TLS handshake failed: %r", self.session.ident, error)

@@ -1,9 +1,11 @@
 """TLS over loopback with real clients: SMTPS, STARTTLS, injection, versions, faulty peers."""
 
+import asyncio
 import logging
 import smtplib
 import socket
 import ssl
+import struct
 import subprocess
 import time
 
@@ -15,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from blackhole import tls
+from blackhole import metrics, tls
 from tests.conftest import HOST, blackhole, free_port, in_thread, insecure_context
 from tests.test_commands import expected_mailname
 
@@ -382,3 +384,27 @@ def test_ssl_false_opens_no_smtps_port(daemon):
     with smtplib.SMTP(HOST, port) as smtp:
         smtp.ehlo()
         assert not smtp.has_extn("starttls")
+
+
+@pytest.mark.gen_test
+async def test_a_client_reset_before_the_handshake_is_one_counted_failure(
+        serve, context, client_context, caplog):
+    caplog.set_level(logging.DEBUG)
+    smtps = serve(tls=context, implicit=True, debug=True)
+    failed = metrics.counts[metrics.TLS_FAILED]
+    # Connected, a first octet sent, then reset, all before the server's loop
+    # runs again: the socket is wrapped after the client has gone.
+    with socket.create_connection((HOST, smtps), timeout=10) as sock:
+        sock.sendall(b"\x16")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await asyncio.sleep(0.2)
+    assert metrics.counts[metrics.TLS_FAILED] == failed + 1
+    assert not [record for record in caplog.records if record.exc_info]
+    assert [record.getMessage() for record in caplog.records
+            if "TLS handshake failed" in record.getMessage()]
+
+    def session():
+        with smtplib.SMTP_SSL(HOST, smtps, context=client_context) as smtp:
+            return smtp.noop()[0]
+
+    assert await in_thread(session) == 250
