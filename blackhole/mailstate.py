@@ -25,13 +25,14 @@ from blackhole.replies import Reply
 log = logging.getLogger("blackhole")
 
 READ_SIZE = 65536  # bytes asked of the stream at once; every complete line is parsed
+MIN_DATA_RATE = 500  # octets a second that message data must keep up under pressure
 
 
 class MailState:
     """Serve one SMTP connection: greet, read, answer in batches, time out."""
 
     __slots__ = ("stream", "address", "settings", "tls", "session", "sessions", "_loop",
-                 "_opened", "_idle_since", "_reading", "_stopping", "_handshake", "_fd",
+                 "_opened", "idle_since", "_reading", "_stopping", "_handshake", "_fd",
                  "_task")
 
     def __init__(self, stream, address, settings, policy, tls=None, implicit=False):
@@ -47,8 +48,9 @@ class MailState:
         self._opened = None
         # Since when the client has been keeping us waiting, or None while we
         # work: only a whole command, message data, or reading our replies
-        # counts as the client doing something (RFC 5321 4.5.3.2).
-        self._idle_since = None
+        # counts as the client doing something (RFC 5321 4.5.3.2). The idle
+        # sweep reads it, and at the cap it picks whom to make room for.
+        self.idle_since = None
         self._reading = False
         self._stopping = False
         # While served by the loop's read callback: the socket's descriptor,
@@ -64,7 +66,7 @@ class MailState:
         if session.ident:
             log.debug("Connection from '%s'", self.address[0])
         loop = self._loop = asyncio.get_running_loop()
-        self._opened = self._idle_since = loop.time()
+        self._opened = self.idle_since = loop.time()
         metrics.counts[metrics.OPENED] += 1
         if session.secure:
             self._hand_over(self._greet_in_tls, None)
@@ -114,8 +116,22 @@ class MailState:
             if session.closing:
                 self.close()
                 return
-        if out or session.in_data:
-            self._idle_since = self._loop.time()
+        if out:
+            self.idle_since = self._loop.time()
+        elif session.in_data:
+            self._data_came(len(data))
+
+    def _data_came(self, octets):
+        """Message data is activity, but under pressure only by its volume: each
+        octet buys 1/MIN_DATA_RATE seconds, so a client that trickles data cannot
+        hold a connection others need (Postfix's smtpd_min_data_rate, under stress).
+        """
+        now = self._loop.time()
+        since, sessions = self.idle_since, self.sessions
+        if since is None or sessions is None or len(sessions) < sessions.pressure:
+            self.idle_since = now
+        else:
+            self.idle_since = min(now, since + octets / MIN_DATA_RATE)
 
     def _send_direct(self, data):
         """Send from the direct path, where Tornado has nothing queued.
@@ -162,12 +178,12 @@ class MailState:
                 if session.backlog:
                     data = b""
                 else:
-                    if self._idle_since is None:
-                        self._idle_since = self._loop.time()
+                    if self.idle_since is None:
+                        self.idle_since = self._loop.time()
                     self._reading = True
                     data = await self.stream.read_bytes(READ_SIZE, partial=True)
                     self._reading = False
-                await self._answer(session.receive(data))
+                await self._answer(session.receive(data), len(data))
         except StreamClosedError:
             pass  # the client went away, or the session was closed
         except Exception:
@@ -181,22 +197,23 @@ class MailState:
         metrics.replied(self.settings.greeting)
         await self._write([self.settings.greeting.wire])
 
-    async def _answer(self, out):
-        """Act on what one receive() returned."""
+    async def _answer(self, out, octets=0):
+        """Act on what one receive() of ``octets`` returned."""
         session = self.session
-        if out or session.in_data:
-            self._idle_since = None
         if out:
+            self.idle_since = None
             await self._send(out)
+        elif session.in_data:
+            self._data_came(octets)
         if session.tls_pending:
             await self._start_tls()
             session.tls_started()
 
     async def _flush(self, written):
         """Wait out a write the socket did not take at once; a non-reader is idle."""
-        self._idle_since = self._loop.time()
+        self.idle_since = self._loop.time()
         await written
-        self._idle_since = None
+        self.idle_since = None
 
     async def _send(self, out):
         """Write the replies of one batch at once, sleeping where a delay says."""
@@ -234,9 +251,9 @@ class MailState:
         if not future.done():
             # A client that stops reading our replies is as idle as one that
             # stops sending.
-            self._idle_since = self._loop.time()
+            self.idle_since = self._loop.time()
             await future
-            self._idle_since = None
+            self.idle_since = None
 
     async def _start_tls(self):
         """Replace the stream in place with ``IOStream.start_tls`` (RFC 3207, RFC 8314).
@@ -244,7 +261,7 @@ class MailState:
         Every reply is flushed first. Tornado holds no plaintext either, unless
         the client sent more without waiting for our 220; that is refused below.
         """
-        self._idle_since = self._loop.time()  # a stalled handshake is an idle client
+        self.idle_since = self._loop.time()  # a stalled handshake is an idle client
         plain, self.stream = self.stream, None  # start_tls takes the socket over
         try:
             self._handshake = plain.start_tls(server_side=True, ssl_options=self.tls)
@@ -267,7 +284,7 @@ class MailState:
             raise StreamClosedError() from None
         finally:
             self._handshake = None
-        self._idle_since = None
+        self.idle_since = None
         metrics.tls_started(self.stream.socket.version())
         if self.session.ident:
             log.debug("[%s] TLS started: %s %s", self.session.ident,
@@ -299,14 +316,21 @@ class MailState:
             self._close_with(replies.SHUTTING_DOWN)
 
     def check_idle(self, now):
-        """421 and close if the client has kept us waiting for --timeout seconds."""
-        since = self._idle_since
+        """421 and close if the client has kept us waiting for --timeout seconds;
+        otherwise return since when it has been (None while we work)."""
+        since = self.idle_since
         if since is None or now - since < self.settings.timeout:
-            return
+            return since
+        self.expire(replies.TIMEOUT)
+        return None
+
+    def expire(self, reply):
+        """End a session the client keeps waiting: ``reply`` (a 421), or a bare close
+        in the middle of a TLS handshake."""
         if self._handshake is not None:
             self.close()
         else:
-            self._close_with(replies.TIMEOUT)
+            self._close_with(reply)
 
     def _close_with(self, reply):
         """Say a last 421 and close; a stream loop ends on the closed stream."""

@@ -26,7 +26,7 @@ except ImportError:
     uvloop = None
 
 from blackhole import log as logs
-from blackhole import metrics, privileges, server, tls
+from blackhole import descriptors, metrics, privileges, server, tls
 from blackhole.errors import BlackholeError
 from blackhole.policy import Policy
 
@@ -224,11 +224,13 @@ def _worker(plan, values, settings, stderr, master, counts, task):
 
 async def _serve(plan, settings, counts, task):
     """Serve worker ``task``'s sockets until a stop signal arrives."""
-    sessions = server.Sessions(settings.timeout)
+    mine = _own_sockets(plan.listeners, task)
+    # The budget is what the descriptor limit leaves once all else is open.
+    sessions = server.Sessions(settings.timeout, descriptors.budget())
     servers = []
-    for listener, per_worker, own in plan.listeners:
+    for listener, sockets, own in mine:
         smtp = server.SMTPServer(settings, own, plan.context, listener.implicit, sessions)
-        smtp.add_sockets(per_worker[task % len(per_worker)])
+        smtp.add_sockets(sockets)
         servers.append(smtp)
     stop = asyncio.Event()
     if plan.metrics:  # any worker may answer a scrape: each reads every worker's counts
@@ -245,6 +247,20 @@ async def _serve(plan, settings, counts, task):
         stop.set()
     await stop.wait()
     await server.drain(servers, GRACE)
+
+
+def _own_sockets(listeners, task):
+    """This worker's sockets of each listener; the other workers' are closed
+    here, where they would only use up descriptors."""
+    mine = []
+    for listener, per_worker, own in listeners:
+        for index, sockets in enumerate(per_worker):
+            if index == task % len(per_worker):
+                mine.append((listener, sockets, own))
+            else:
+                for sock in sockets:
+                    sock.close()
+    return mine
 
 
 def run(values, settings, policy):

@@ -106,6 +106,8 @@ TOO_MANY_ERRORS = Reply(421, "Too many errors, closing connection", enhanced="4.
 TIMEOUT = Reply(421, "Error: timeout exceeded, closing connection", enhanced="4.4.2")
 TOO_MANY_CONNECTIONS = Reply(421, "Too many connections, try again later",
                              enhanced="4.3.2")
+MAKING_ROOM = Reply(421, "Too busy to wait for an idle client, closing connection",
+                    enhanced="4.4.2")
 SHUTTING_DOWN = Reply(421, "Shutting down, try again later", enhanced="4.3.2")
 
 # The end-of-data replies a mode can choose from, by code (texts from 1.x;

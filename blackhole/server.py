@@ -16,7 +16,8 @@ from typing import NamedTuple
 from tornado.netutil import bind_sockets
 from tornado.tcpserver import TCPServer
 
-from blackhole import metrics, replies
+from blackhole import descriptors, metrics, replies
+from blackhole.descriptors import Accepting
 from blackhole.errors import BlackholeError
 from blackhole.mailstate import MailState
 from blackhole.policy import MODES, delay_range
@@ -24,7 +25,7 @@ from blackhole.policy import MODES, delay_range
 log = logging.getLogger("blackhole")
 
 BACKLOG = 1024  # pending connections per listener; load tests open them in bursts
-SPARE_FILES = 64  # descriptors kept free for logs and listeners
+STALE = 1.0  # seconds a client must have kept us waiting before it makes room
 
 
 class Listener(NamedTuple):
@@ -121,40 +122,70 @@ def raise_file_limit():
 
 
 class Sessions(set):
-    """The live sessions of one process: the connection cap counts them,
-    drain() ends them, and one sweep a tick ends those idle for ``timeout``
-    seconds (cheaper, in time and memory, than a timer for each).
+    """The live sessions of one process, at most ``limit`` of them.
+
+    One sweep a tick ends those idle for ``timeout`` seconds (cheaper, in time
+    and memory, than a timer for each). From ``pressure`` sessions on, message
+    data must keep up a minimum rate (MailState), and the sweep lists the
+    sessions whose clients have kept us waiting longest: at the cap, the
+    stalest of them makes room for a newcomer rather than the newcomer being
+    refused, so clients that hold connections without making progress cannot
+    lock out the rest.
     """
 
-    def __init__(self, timeout):
+    def __init__(self, timeout, limit):
         super().__init__()
+        self.limit = limit
+        self.pressure = max(1, limit * 3 // 4)
         self._tick = min(1.0, timeout / 8)
         self._sweeper = None
+        self._stale = []  # sessions waiting on their clients, stalest last
 
     def add(self, state):
         super().add(state)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self._tick, self._sweep)
 
+    def make_room(self):
+        """End the stalest session listed by the last sweep, if it is still waiting
+        on its client after STALE seconds; True if one was ended."""
+        now = asyncio.get_running_loop().time()
+        while self._stale:
+            state = self._stale.pop()
+            since = state.idle_since
+            if state in self and since is not None and now - since >= STALE:
+                state.expire(replies.MAKING_ROOM)
+                return True
+        return False
+
     def _sweep(self):
         loop = asyncio.get_running_loop()
         now = loop.time()
+        pressed = len(self) >= self.pressure
+        stale = []
         try:
             for state in list(self):  # a copy: closing a session leaves the set
                 try:
-                    state.check_idle(now)
+                    since = state.check_idle(now)
                 except Exception:  # one session's fault must not stop the sweep
                     log.exception("Idle check of %s failed", state.address[0])
+                    continue
+                if pressed and since is not None and now - since >= STALE:
+                    stale.append(state)
+            stale.sort(key=lambda state: state.idle_since, reverse=True)
+            self._stale = stale
         finally:
             self._sweeper = loop.call_later(self._tick, self._sweep) if self else None
 
 
-class SMTPServer(TCPServer):
+class SMTPServer(Accepting, TCPServer):
     """Hands every accepted connection to a MailState of its own.
 
     ``tls`` is the server SSLContext: with ``implicit`` the connection is TLS
     from the first byte (the SMTPS port), otherwise STARTTLS offers it.
-    Listeners of one process share ``sessions``, and so the connection cap.
+    Listeners of one process share ``sessions``, and so the connection cap:
+    without one, the server counts its own, up to ``max_connections`` or
+    what its descriptors allow.
     """
 
     def __init__(self, settings, policy, tls=None, implicit=False,
@@ -164,12 +195,9 @@ class SMTPServer(TCPServer):
         self.policy = policy
         self.tls = tls
         self.implicit = implicit
-        self.sessions = Sessions(settings.timeout) if sessions is None else sessions
-        # Refuse connections with 421 before the process runs out of
-        # descriptors, where accept() would fail in a loop.
-        self.max_connections = max_connections or (
-            resource.getrlimit(resource.RLIMIT_NOFILE)[0] - SPARE_FILES
-        )
+        if sessions is None:
+            sessions = Sessions(settings.timeout, max_connections or descriptors.budget())
+        self.sessions = sessions
 
     def add_sockets(self, sockets):
         """Listen on ``sockets``; their connections inherit TCP_NODELAY, saving a call each."""
@@ -179,7 +207,8 @@ class SMTPServer(TCPServer):
 
     def handle_stream(self, stream, address):
         """Give the connection a MailState, or 421 if there are too many."""
-        if len(self.sessions) >= self.max_connections:
+        sessions = self.sessions
+        if len(sessions) >= sessions.limit and not sessions.make_room():
             metrics.counts[metrics.OPENED] += 1
             if not self.implicit:  # plaintext would mean nothing to a TLS client
                 metrics.replied(replies.TOO_MANY_CONNECTIONS)
@@ -188,8 +217,7 @@ class SMTPServer(TCPServer):
             metrics.session_ended(0)
             return
         MailState(stream, address, self.settings, self.policy, self.tls,
-                  self.implicit).start(self.sessions)
-
+                  self.implicit).start(sessions)
 
 
 async def drain(servers, grace):

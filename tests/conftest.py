@@ -1,6 +1,7 @@
 """Fixtures: a real server on a loopback port, raw and smtplib clients, the CLI as a process."""
 
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -178,13 +179,16 @@ def daemon(tmp_path):
     """
     processes = []
 
-    def start(*options, port=None, env=None):
+    def start(*options, port=None, env=None, files=None):
+        """``files``: the server's limit on descriptors (soft and hard)."""
         port = port or free_port()
         args = [f"--host={HOST}", f"--port={port}", f"--ssl_port={free_port()}",
                 f"--log={tmp_path / 'blackhole.log'}"]
+        limit = files and (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (files, files)))
         process = subprocess.Popen(
             [sys.executable, "-m", "blackhole", *args, *options, "run"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            preexec_fn=limit,
         )
         processes.append(process)
         wait_for_port(port, process)
