@@ -11,8 +11,11 @@ import mmap
 import os
 import time
 from array import array
+from http import HTTPStatus
 
-from tornado.web import Application, RequestHandler
+from tornado.httpserver import HTTPServer
+from tornado.httputil import (HTTPHeaders, HTTPMessageDelegate, HTTPServerConnectionDelegate,
+                              ResponseStartLine)
 
 from blackhole.commands import COMMANDS
 
@@ -35,6 +38,11 @@ OTHER_VERB = VERB_SLOTS["other"]
 counts = memoryview(bytearray(SLOTS * 8)).cast("Q")  # this process's; see open_file
 _mapped = None  # keeps the mapping of open_file alive
 STARTED = time.time()  # when the master started; inherited by the workers
+
+# The metrics port: requests are small, and slow ones are not waited for.
+MAX_HEADER = 16 * 1024  # octets of request line and header fields
+MAX_BODY = 64 * 1024  # octets of body read at most, while an answer is still being sent
+TIMEOUT = 5  # seconds from connecting to the end of the request's header
 
 
 def open_file(directory):
@@ -167,26 +175,57 @@ def exposition(directory, healthy=True):
     return "\n".join(out) + "\n"
 
 
-class _Metrics(RequestHandler):
-    def initialize(self, directory, healthy):
+def http_server(directory, healthy):
+    """The metrics port, not yet listening: GET /metrics and GET /healthz.
+
+    ``healthy()`` is true while mail is accepted. A client gets TIMEOUT seconds
+    and MAX_HEADER octets for its request's header; its body is never read.
+    """
+    return HTTPServer(_Pages(directory, healthy), max_header_size=MAX_HEADER,
+                      max_body_size=MAX_BODY, idle_connection_timeout=TIMEOUT,
+                      body_timeout=TIMEOUT)
+
+
+class _Pages(HTTPServerConnectionDelegate):
+    """The metrics port's pages: every one a GET without a body."""
+
+    def __init__(self, directory, healthy):
         self.directory, self.healthy = directory, healthy
 
-    def get(self):
-        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.write(exposition(self.directory, self.healthy()))
+    def start_request(self, server_conn, request_conn):
+        return _Request(self, request_conn)
+
+    def answer(self, start_line, headers):
+        """(status, headers, body) for a request, from its start line and header alone."""
+        declared = headers.get("Content-Length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
+            return 413, {}, b""  # RFC 9110 15.5.14
+        path = start_line.path.partition("?")[0]
+        if path not in ("/metrics", "/healthz"):
+            return 404, {}, b""
+        if start_line.method != "GET":
+            return 405, {"Allow": "GET"}, b""  # RFC 9110 15.5.6
+        if path == "/healthz":
+            healthy = self.healthy()
+            return (200 if healthy else 503, {"Content-Type": "text/plain; charset=utf-8"},
+                    b"OK\n" if healthy else b"stopping\n")
+        page = exposition(self.directory, self.healthy()).encode()
+        return 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}, page
 
 
-class _Health(RequestHandler):
-    def initialize(self, directory, healthy):
-        self.healthy = healthy
+class _Request(HTTPMessageDelegate):
+    """One request, answered as soon as its header is in, and the connection's last.
 
-    def get(self):
-        if not self.healthy():
-            self.set_status(503)
-        self.write("OK\n" if self.healthy() else "stopping\n")
+    Tornado closes a connection rather than read a body after its answer, so
+    a body sent here is never read, whatever its size or framing.
+    """
 
+    def __init__(self, pages, connection):
+        self.pages, self.connection = pages, connection
 
-def application(directory, healthy):
-    """GET /metrics and GET /healthz; ``healthy()`` is true while mail is accepted."""
-    routes = {"directory": directory, "healthy": healthy}
-    return Application([("/metrics", _Metrics, routes), ("/healthz", _Health, routes)])
+    def headers_received(self, start_line, headers):
+        status, fields, body = self.pages.answer(start_line, headers)
+        fields = HTTPHeaders({**fields, "Content-Length": str(len(body)), "Connection": "close"})
+        self.connection.write_headers(
+            ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase), fields, body)
+        self.connection.finish()

@@ -17,7 +17,6 @@ from typing import NamedTuple
 
 import setproctitle
 import tornado.platform.asyncio  # noqa: F401 - loaded before workers drop privileges
-from tornado.httpserver import HTTPServer
 from tornado.process import fork_processes
 
 try:  # pip install blackhole[uvloop]: a faster event loop, used when installed
@@ -232,8 +231,7 @@ async def _serve(plan, settings, counts, task):
         servers.append(smtp)
     stop = asyncio.Event()
     if plan.metrics:  # any worker may answer a scrape: each reads every worker's counts
-        HTTPServer(metrics.application(counts, lambda: not stop.is_set())).add_sockets(
-            plan.metrics)
+        metrics.http_server(counts, lambda: not stop.is_set()).add_sockets(plan.metrics)
     loop = asyncio.get_running_loop()
     log.info("Worker %d serving on %s", os.getpid(),
              f"uvloop {uvloop.__version__}" if type(loop).__module__.startswith("uvloop")

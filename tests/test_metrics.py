@@ -6,11 +6,13 @@ import signal
 import smtplib
 import socket
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from blackhole import metrics
 from blackhole.process import workers_of
 from tests.conftest import HOST, free_port, insecure_context, wait_for_port
 
@@ -155,8 +157,94 @@ def test_healthz_answers_while_mail_is_accepted(daemon):
         assert (response.status, response.read()) == (200, b"OK\n")
 
 
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/nowhere", 404), ("POST", "/metrics", 405), ("HEAD", "/healthz", 405),
+])
+def test_other_pages_and_methods_are_refused(daemon, method, path, status):
+    metrics_port = free_port()
+    process, _ = daemon(f"--metrics_port={metrics_port}")
+    wait_for_port(metrics_port, process)
+    request = urllib.request.Request(f"http://{HOST}:{metrics_port}{path}", method=method,
+                                     data=b"{}" if method == "POST" else None)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    with refused.value as answer:
+        assert (answer.code, answer.headers["Allow"]) == (status, "GET" if status == 405 else None)
+
+
 def test_metrics_are_off_by_default(daemon, tmp_path):
     process, _ = daemon()
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=20)
     assert "Metrics on" not in (tmp_path / "blackhole.log").read_text()
+
+
+def peak_memory(pid):
+    """The most memory ``pid`` has had resident, in octets (Linux VmHWM)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def push(port, head, piece, total):
+    """Send a request header, then ``piece`` after ``piece`` of body until ``total``
+    octets are sent or the server closes; return the octets sent and its status line."""
+    sent = 0
+    with socket.create_connection((HOST, port), timeout=5) as sock:
+        sock.sendall(head.encode() + b"\r\nHost: x\r\n\r\n")
+        try:
+            while sent < total:
+                sock.sendall(piece)
+                sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed on us: the answer is waiting
+        except TimeoutError:
+            pass  # neither read nor closed: there is no answer
+        answer = b""
+        try:
+            while chunk := sock.recv(4096):
+                answer += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass  # reset by the unread body, or never answered: what came is the answer
+    return sent, answer.partition(b"\r\n")[0].decode()
+
+
+MIB = 1024 * 1024
+CHUNK = b"%x\r\n" % MIB + b"x" * MIB + b"\r\n"
+
+
+@pytest.mark.parametrize("head, piece, status", [
+    ("POST /metrics HTTP/1.1\r\nContent-Length: 99000000", b"x" * MIB, 413),
+    ("PUT /nowhere HTTP/1.1\r\nContent-Length: 99000000", b"x" * MIB, 413),
+    ("POST /metrics HTTP/1.1\r\nTransfer-Encoding: chunked", CHUNK, 405),
+    ("POST /nowhere HTTP/1.1\r\nTransfer-Encoding: chunked", CHUNK, 404),
+], ids=["too-long", "too-long-anywhere", "chunked", "chunked-anywhere"])
+def test_a_request_body_is_never_read(daemon, head, piece, status):
+    """99 MB sent to the metrics port: answered from the header, the body left unread."""
+    metrics_port = free_port()
+    process, _ = daemon("--workers=1", f"--metrics_port={metrics_port}")
+    wait_for_port(metrics_port, process)
+    scrape(metrics_port)  # the worker has served a page: its memory is as it will stay
+    (worker,) = workers_of(process.pid)
+    before = peak_memory(worker)
+    started = time.monotonic()
+    sent, answer = push(metrics_port, head, piece, 99_000_000)
+    assert answer.startswith(f"HTTP/1.1 {status} ")
+    assert sent < 32 * MIB  # what the socket buffers hold, no more
+    assert time.monotonic() - started < 5
+    assert peak_memory(worker) - before < 4 * MIB
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /metrics HTTP/1.1\r\nHost: x\r\n"],
+                         ids=["silent", "half-sent"])
+def test_a_silent_or_half_sent_request_is_closed(daemon, sent):
+    metrics_port = free_port()
+    process, _ = daemon(f"--metrics_port={metrics_port}")
+    wait_for_port(metrics_port, process)
+    with socket.create_connection((HOST, metrics_port), timeout=metrics.TIMEOUT + 2) as sock:
+        sock.sendall(sent)
+        started = time.monotonic()
+        assert sock.recv(1024) == b""
+    assert metrics.TIMEOUT - 1 < time.monotonic() - started < metrics.TIMEOUT + 1
