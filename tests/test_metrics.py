@@ -2,12 +2,16 @@
 
 import os
 import re
+import shutil
 import signal
 import smtplib
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from array import array
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -122,6 +126,67 @@ def test_counts_of_a_killed_worker_are_kept(daemon):
     assert diff(before, after, "blackhole_messages_total", code="554") == 8  # 2,500-octet lines
     assert diff(before, after, "blackhole_messages_total", code="521") == 12
     assert diff(before, after, "blackhole_recipients_total") == 120
+
+
+def test_connections_of_a_killed_worker_are_no_longer_active(daemon):
+    metrics_port = free_port()
+    process, port = daemon("--workers=1", f"--metrics_port={metrics_port}")
+    wait_for_port(metrics_port, process)
+    before = quiet_scrape(metrics_port)
+    held = [socket.create_connection((HOST, port), timeout=10) for _ in range(3)]
+    try:
+        for sock in held:
+            sock.recv(1024)  # greeted: counted as open
+        assert scrape(metrics_port)[("blackhole_connections_active", ())] == 3
+        (victim,) = workers_of(process.pid)
+        os.kill(victim, signal.SIGKILL)
+        after = scrape(metrics_port)  # answered by its replacement
+    finally:
+        for sock in held:
+            sock.close()
+    assert victim not in workers_of(process.pid)
+    assert after[("blackhole_connections_active", ())] == 0
+    assert diff(before, after, "blackhole_connections_opened_total") == 3
+
+
+def test_counts_are_kept_off_the_disk(daemon):
+    """Nothing the workers' account could plant for the master to read, and
+    nothing a killed master leaves behind: the counts are never on disk."""
+    temp = Path(tempfile.mkdtemp(prefix="blackhole-tmpdir-"))  # as /tmp, for any account
+    temp.chmod(0o1777)
+    try:
+        run_and_kill_the_master(daemon, temp)
+    finally:
+        shutil.rmtree(temp)
+
+
+def run_and_kill_the_master(daemon, temp):
+    switch = ("--user=nobody", "--group=nogroup") if os.geteuid() == 0 else ()
+    metrics_port = free_port()
+    process, port = daemon("--workers=2", f"--metrics_port={metrics_port}", *switch,
+                           env={**os.environ, "TMPDIR": str(temp)})
+    wait_for_port(metrics_port, process)
+    before = scrape(metrics_port)
+    workload(port)
+    after = scrape(metrics_port)
+    assert diff(before, after, "blackhole_messages_total", code="250") == 20
+    assert list(temp.iterdir()) == []
+    workers = workers_of(process.pid)
+    process.kill()
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert list(temp.iterdir()) == []
+
+
+def test_the_summary_adds_up_whatever_the_workers_wrote():
+    """A worker may write anything into its block: the master still says its last word."""
+    blocks = metrics.shared(2)
+    blocks[:] = array("Q", [2**64 - 1]) * len(blocks)
+    assert metrics.summary(blocks).startswith(f"Summary: {2**65 - 2} sessions, ")
+    assert f"blackhole_recipients_total {2**65 - 2}\n" in metrics.exposition(blocks)
 
 
 def test_tls_handshakes_and_delays_are_counted(daemon):
