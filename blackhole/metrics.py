@@ -1,18 +1,20 @@
 """Counters that add up over every worker, exactly, and their Prometheus exposition.
 
-Each process counts into its own file of 64-bit slots, mapped into memory:
-an increment is one store, and the count is in the file the moment it is
-made, so a worker that dies (even by SIGKILL) leaves its counts behind. A
-scrape, and the master's summary at exit, add up every file.
+Before forking, the master maps one block of 64-bit slots per worker into
+anonymous memory that it shares with its workers: nothing is on disk. A
+worker counts into its own block, an increment one store that is in the
+shared memory the moment it is made, so a worker that dies (even by SIGKILL)
+leaves its counts behind, and the worker that replaces it counts on in the
+same block. A scrape, and the master's summary at exit, add up every block.
 """
 
-import glob
 import mmap
-import os
 import time
-from array import array
+from http import HTTPStatus
 
-from tornado.web import Application, RequestHandler
+from tornado.httpserver import HTTPServer
+from tornado.httputil import (HTTPHeaders, HTTPMessageDelegate, HTTPServerConnectionDelegate,
+                              ResponseStartLine)
 
 from blackhole.commands import COMMANDS
 
@@ -21,8 +23,9 @@ VERBS = (*sorted(COMMANDS), "other")
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "other")
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300)  # seconds, then +Inf
 
-OPENED, CLOSED, MESSAGE_BYTES, RECIPIENTS, DELAYS, DELAY_US, TLS_FAILED, DURATION_US = range(8)
-COMMAND = 8  # + index in VERBS
+(OPENED, CLOSED, LOST, MESSAGE_BYTES, RECIPIENTS, DELAYS, DELAY_US, TLS_FAILED,
+ DURATION_US) = range(9)  # LOST: connections that died with their worker
+COMMAND = 9  # + index in VERBS
 REPLY = COMMAND + len(VERBS)  # + code - 200
 MESSAGE = REPLY + 400  # + code - 200: messages by their end-of-data reply
 TLS = MESSAGE + 400  # + index in TLS_VERSIONS
@@ -32,26 +35,27 @@ SLOTS = DURATION + len(DURATION_BUCKETS) + 1
 VERB_SLOTS = {verb: COMMAND + index for index, verb in enumerate(VERBS)}
 OTHER_VERB = VERB_SLOTS["other"]
 
-counts = memoryview(bytearray(SLOTS * 8)).cast("Q")  # this process's; see open_file
-_mapped = None  # keeps the mapping of open_file alive
+counts = memoryview(bytearray(SLOTS * 8)).cast("Q")  # this process's; see count_in
 STARTED = time.time()  # when the master started; inherited by the workers
 
+# The metrics port: requests are small, and slow ones are not waited for.
+MAX_HEADER = 16 * 1024  # octets of request line and header fields
+MAX_BODY = 64 * 1024  # octets of body read at most, while an answer is still being sent
+TIMEOUT = 5  # seconds from connecting to the end of the request's header
 
-def open_file(directory):
-    """Count into ``directory/<pid>-<time>.counts`` from now on (once per process).
 
-    The name never repeats, so a new worker that gets the pid of a dead one
-    cannot overwrite its counts.
-    """
-    global counts, _mapped
-    path = os.path.join(directory, f"{os.getpid()}-{time.time_ns()}.counts")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.ftruncate(fd, SLOTS * 8)
-        _mapped = mmap.mmap(fd, SLOTS * 8)
-    finally:
-        os.close(fd)
-    counts = memoryview(_mapped).cast("Q")
+def shared(workers):
+    """A zeroed block of slots for each of ``workers`` workers, shared with the
+    processes forked after (MAP_SHARED | MAP_ANONYMOUS), page-aligned."""
+    return memoryview(mmap.mmap(-1, workers * SLOTS * 8)).cast("Q")
+
+
+def count_in(blocks, task):
+    """Count from now on into worker ``task``'s block, where the worker it
+    replaces, if any, counted: the connections still open there died with it."""
+    global counts
+    counts = blocks[task * SLOTS:(task + 1) * SLOTS]
+    counts[LOST] = counts[OPENED] - counts[CLOSED]
 
 
 def replied(reply):
@@ -79,38 +83,26 @@ def delayed(seconds):
     counts[DELAY_US] += round(seconds * 1e6)
 
 
-def total(directory):
-    """Every process's counts added up; active connections from live ones only."""
-    summed = array("Q", bytes(SLOTS * 8))
-    active = 0
-    for path in glob.glob(os.path.join(directory, "*.counts")):
-        # Mapped and read as 64-bit words, each load whole: never half a count.
-        with open(path, "rb") as counts_file:
-            if os.fstat(counts_file.fileno()).st_size < SLOTS * 8:
-                continue  # a worker that has only just created it: nothing counted yet
-            with mmap.mmap(counts_file.fileno(), SLOTS * 8, access=mmap.ACCESS_READ) as mapped:
-                values = memoryview(mapped).cast("Q").tolist()
-        for slot in range(SLOTS):
-            summed[slot] += values[slot]
-        pid = int(os.path.basename(path).partition("-")[0])
-        if _alive(pid):
-            active += values[OPENED] - values[CLOSED]
+def total(blocks):
+    """Every worker's counts added up, and the connections open now.
+
+    Python integers: whatever a worker has written, the sum cannot overflow.
+    """
+    summed, active = [0] * SLOTS, 0
+    for start in range(0, len(blocks), SLOTS):
+        block = blocks[start:start + SLOTS]
+        # Aligned 64-bit loads, each whole: never half a count. Closed before
+        # opened, so a session that opens and closes meanwhile is not -1 active.
+        gone = block[CLOSED] + block[LOST]
+        values = block.tolist()
+        active += values[OPENED] - gone
+        summed = [a + b for a, b in zip(summed, values)]
     return summed, active
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def summary(directory):
+def summary(blocks):
     """The master's last word: sessions, messages accepted and refused, bytes."""
-    values, _ = total(directory)
+    values, _ = total(blocks)
     refused = {code: values[MESSAGE + code - 200] for code in range(200, 600)
                if values[MESSAGE + code - 200] and code != 250}
     refusals = ", ".join(f"{code}: {n}" for code, n in sorted(refused.items())) or "none"
@@ -118,9 +110,9 @@ def summary(directory):
             f"refused by code: {refusals}, {values[MESSAGE_BYTES]} bytes")
 
 
-def exposition(directory, healthy=True):
+def exposition(blocks, healthy=True):
     """The Prometheus text format (0.0.4) for every counter of every worker."""
-    values, active = total(directory)
+    values, active = total(blocks)
     out = []
 
     def family(name, kind, text, samples):
@@ -167,26 +159,57 @@ def exposition(directory, healthy=True):
     return "\n".join(out) + "\n"
 
 
-class _Metrics(RequestHandler):
-    def initialize(self, directory, healthy):
-        self.directory, self.healthy = directory, healthy
+def http_server(blocks, healthy):
+    """The metrics port, not yet listening: GET /metrics and GET /healthz.
 
-    def get(self):
-        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.write(exposition(self.directory, self.healthy()))
-
-
-class _Health(RequestHandler):
-    def initialize(self, directory, healthy):
-        self.healthy = healthy
-
-    def get(self):
-        if not self.healthy():
-            self.set_status(503)
-        self.write("OK\n" if self.healthy() else "stopping\n")
+    ``healthy()`` is true while mail is accepted. A client gets TIMEOUT seconds
+    and MAX_HEADER octets for its request's header; its body is never read.
+    """
+    return HTTPServer(_Pages(blocks, healthy), max_header_size=MAX_HEADER,
+                      max_body_size=MAX_BODY, idle_connection_timeout=TIMEOUT,
+                      body_timeout=TIMEOUT)
 
 
-def application(directory, healthy):
-    """GET /metrics and GET /healthz; ``healthy()`` is true while mail is accepted."""
-    routes = {"directory": directory, "healthy": healthy}
-    return Application([("/metrics", _Metrics, routes), ("/healthz", _Health, routes)])
+class _Pages(HTTPServerConnectionDelegate):
+    """The metrics port's pages: every one a GET without a body."""
+
+    def __init__(self, blocks, healthy):
+        self.blocks, self.healthy = blocks, healthy
+
+    def start_request(self, server_conn, request_conn):
+        return _Request(self, request_conn)
+
+    def answer(self, start_line, headers):
+        """(status, headers, body) for a request, from its start line and header alone."""
+        declared = headers.get("Content-Length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
+            return 413, {}, b""  # RFC 9110 15.5.14
+        path = start_line.path.partition("?")[0]
+        if path not in ("/metrics", "/healthz"):
+            return 404, {}, b""
+        if start_line.method != "GET":
+            return 405, {"Allow": "GET"}, b""  # RFC 9110 15.5.6
+        if path == "/healthz":
+            healthy = self.healthy()
+            return (200 if healthy else 503, {"Content-Type": "text/plain; charset=utf-8"},
+                    b"OK\n" if healthy else b"stopping\n")
+        page = exposition(self.blocks, self.healthy()).encode()
+        return 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}, page
+
+
+class _Request(HTTPMessageDelegate):
+    """One request, answered as soon as its header is in, and the connection's last.
+
+    Tornado closes a connection rather than read a body after its answer, so
+    a body sent here is never read, whatever its size or framing.
+    """
+
+    def __init__(self, pages, connection):
+        self.pages, self.connection = pages, connection
+
+    def headers_received(self, start_line, headers):
+        status, fields, body = self.pages.answer(start_line, headers)
+        fields = HTTPHeaders({**fields, "Content-Length": str(len(body)), "Connection": "close"})
+        self.connection.write_headers(
+            ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase), fields, body)
+        self.connection.finish()

@@ -10,14 +10,11 @@ import asyncio
 import ctypes
 import logging
 import os
-import shutil
 import signal
-import tempfile
 from typing import NamedTuple
 
 import setproctitle
 import tornado.platform.asyncio  # noqa: F401 - loaded before workers drop privileges
-from tornado.httpserver import HTTPServer
 from tornado.process import fork_processes
 
 try:  # pip install blackhole[uvloop]: a faster event loop, used when installed
@@ -147,10 +144,9 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
         log.warning("Running as root: there is no '%s' account (see --user, --group)",
                     values.user)
     _announce(plan, values, settings, policy)
-    # Each worker counts into a file of its own here; the master adds them up.
-    counts = tempfile.mkdtemp(prefix="blackhole-counts-")
-    if _owner:
-        os.chown(counts, *_owner)
+    # A block of counters for each worker, in memory shared with them: nothing
+    # on disk for the workers' account to plant, nothing a SIGKILL leaves behind.
+    blocks = metrics.shared(values.workers)
     if plan.metrics:
         log.info("Metrics on http://%s/metrics",
                  server.address(values.metrics_host, values.metrics_port))
@@ -166,10 +162,9 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
             log.error("%s", error)
             code = 1
         else:
-            _worker(plan, values, settings, stderr, _master, counts, task)
+            _worker(plan, values, settings, stderr, _master, blocks, task)
     signal.setitimer(signal.ITIMER_REAL, 0)
-    log.info("%s", metrics.summary(counts))
-    shutil.rmtree(counts, ignore_errors=True)
+    log.info("%s", metrics.summary(blocks))
     log.info("Stopped")
     return code
 
@@ -199,7 +194,7 @@ def _follow_master(master):
         os._exit(0)  # it died before we asked
 
 
-def _worker(plan, values, settings, stderr, master, counts, task):
+def _worker(plan, values, settings, stderr, master, blocks, task):
     """A forked worker: switch account, serve until told to stop, and exit."""
     if _stopping:
         os._exit(0)  # forked as a replacement while the master was stopping
@@ -211,8 +206,8 @@ def _worker(plan, values, settings, stderr, master, counts, task):
         if plan.account:
             privileges.drop(plan.account)
         _follow_master(master)
-        metrics.open_file(counts)
-        (uvloop.run if uvloop else asyncio.run)(_serve(plan, settings, counts, task))
+        metrics.count_in(blocks, task)  # a replacement gets its predecessor's task
+        (uvloop.run if uvloop else asyncio.run)(_serve(plan, settings, blocks, task))
         code = 0
     except Exception:
         log.exception("Worker %d failed", os.getpid())
@@ -222,7 +217,7 @@ def _worker(plan, values, settings, stderr, master, counts, task):
         os._exit(code)
 
 
-async def _serve(plan, settings, counts, task):
+async def _serve(plan, settings, blocks, task):
     """Serve worker ``task``'s sockets until a stop signal arrives."""
     mine = _own_sockets(plan.listeners, task)
     # The budget is what the descriptor limit leaves once all else is open.
@@ -234,8 +229,7 @@ async def _serve(plan, settings, counts, task):
         servers.append(smtp)
     stop = asyncio.Event()
     if plan.metrics:  # any worker may answer a scrape: each reads every worker's counts
-        HTTPServer(metrics.application(counts, lambda: not stop.is_set())).add_sockets(
-            plan.metrics)
+        metrics.http_server(blocks, lambda: not stop.is_set()).add_sockets(plan.metrics)
     loop = asyncio.get_running_loop()
     log.info("Worker %d serving on %s", os.getpid(),
              f"uvloop {uvloop.__version__}" if type(loop).__module__.startswith("uvloop")
