@@ -17,6 +17,7 @@ from tornado.httputil import (HTTPHeaders, HTTPMessageDelegate, HTTPServerConnec
                               ResponseStartLine)
 
 from blackhole.commands import COMMANDS
+from blackhole.descriptors import Accepting
 
 # Slots: every counter and histogram bucket has a fixed place.
 VERBS = (*sorted(COMMANDS), "other")
@@ -42,6 +43,7 @@ STARTED = time.time()  # when the master started; inherited by the workers
 MAX_HEADER = 16 * 1024  # octets of request line and header fields
 MAX_BODY = 64 * 1024  # octets of body read at most, while an answer is still being sent
 TIMEOUT = 5  # seconds from connecting to the end of the request's header
+CONNECTIONS = 16  # open at once per worker, within its descriptor budget
 
 
 def shared(workers):
@@ -165,9 +167,27 @@ def http_server(blocks, healthy):
     ``healthy()`` is true while mail is accepted. A client gets TIMEOUT seconds
     and MAX_HEADER octets for its request's header; its body is never read.
     """
-    return HTTPServer(_Pages(blocks, healthy), max_header_size=MAX_HEADER,
-                      max_body_size=MAX_BODY, idle_connection_timeout=TIMEOUT,
-                      body_timeout=TIMEOUT)
+    return _Port(_Pages(blocks, healthy), max_header_size=MAX_HEADER,
+                 max_body_size=MAX_BODY, idle_connection_timeout=TIMEOUT,
+                 body_timeout=TIMEOUT)
+
+
+class _Port(Accepting, HTTPServer):
+    """The metrics port's server: at most CONNECTIONS connections at once, so
+    it keeps to its share of the worker's descriptors; more are closed at once."""
+
+    _open = 0
+
+    def handle_stream(self, stream, address):
+        if self._open >= CONNECTIONS:
+            stream.close()
+            return
+        self._open += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn):
+        self._open -= 1
+        super().on_close(server_conn)
 
 
 class _Pages(HTTPServerConnectionDelegate):

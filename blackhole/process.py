@@ -221,7 +221,8 @@ async def _serve(plan, settings, blocks, task):
     """Serve worker ``task``'s sockets until a stop signal arrives."""
     mine = _own_sockets(plan.listeners, task)
     # The budget is what the descriptor limit leaves once all else is open.
-    sessions = server.Sessions(settings.timeout, descriptors.budget())
+    sessions = server.Sessions(
+        settings.timeout, descriptors.budget(metrics.CONNECTIONS if plan.metrics else 0))
     servers = []
     for listener, sockets, own in mine:
         smtp = server.SMTPServer(settings, own, plan.context, listener.implicit, sessions)

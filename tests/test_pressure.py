@@ -192,3 +192,23 @@ def test_each_worker_holds_only_its_own_listening_sockets(daemon):
             break
         time.sleep(0.1)
     assert held == [2, 2, 2]
+
+
+def test_idle_metrics_connections_cannot_use_up_the_smtp_descriptors(daemon, tmp_path):
+    scrape = free_port()
+    process, port = daemon("--workers=1", "--ssl=False", f"--metrics_port={scrape}",
+                           "--metrics_host=127.0.0.1", files=128)
+    worker = worker_of(process, port)
+    idle = [socket.create_connection((HOST, scrape), timeout=10) for _ in range(100)]
+    smtp = [socket.create_connection((HOST, port), timeout=10) for _ in range(100)]
+    used = cpu_seconds(worker)
+    greetings = [client.recv(100)[:3] for client in smtp]
+    # Every client had an answer at once: served while the budget lasted, then 421.
+    assert greetings.count(b"220") > 40
+    assert greetings.count(b"220") + greetings.count(b"421") == len(smtp)
+    time.sleep(1)
+    assert cpu_seconds(worker) - used < 0.3
+    log = (tmp_path / "blackhole.log").read_text()
+    assert "Out of descriptors" not in log and "Traceback" not in log
+    for client in idle + smtp:
+        client.close()
