@@ -3,12 +3,17 @@
 A read can end anywhere (test_session.py splits fixed inputs every way), so
 for any stream a client sends, split anyhow, nothing may escape receive(),
 and the replies, message sizes and switches must be those of the stream fed
-whole. CI runs a fixed set of examples (``CI``); ``LONG`` is for random ones.
+whole. CI runs a fixed set of examples (``CI``); ``scripts/fuzz`` runs the
+same property, ``check``, on random ones for as long as asked.
 """
 
 import base64
 import logging
 import random
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import NamedTuple
 
 from hypothesis import HealthCheck, given, note, settings
@@ -20,6 +25,7 @@ from blackhole.policy import MODES, Policy
 from blackhole.protocol import MAX_BATCH, Session
 from blackhole.replies import Reply
 
+FUZZ = Path(__file__).resolve().parent.parent / "scripts" / "fuzz"
 # CI: the same examples on every run (no new random one can make CI flaky),
 # and no example database written into the checkout. About 20 s on an idle
 # 2-core machine; more when it fails, for the shrinking. Inputs are big and
@@ -31,7 +37,7 @@ CI = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-# Fresh random examples on every run.
+# scripts/fuzz: fresh random examples on every run.
 LONG = settings(CI, derandomize=False)
 
 
@@ -344,3 +350,15 @@ def brief(replies):
 def test_any_stream_split_anyhow_is_answered_as_when_whole(case):
     check(case)
 
+
+def test_scripts_fuzz_runs_this_property_for_as_long_as_asked():
+    """scripts/fuzz imports check() and cases() from here: it cannot drift from CI."""
+    result = subprocess.run([sys.executable, str(FUZZ), "--seconds=3"],
+                            capture_output=True, text=True, timeout=300)
+    last = result.stdout.splitlines()[-1]
+    if result.returncode == 0:
+        assert re.fullmatch(r"[\d,]+ inputs tried in \d+ s, no failure", last), result.stdout
+    else:  # a bug found: printed shrunk (the test above fails on it too)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "case=Case(config=Config(" in result.stdout
+        assert re.fullmatch(r"FAILED after [\d,]+ inputs \(shrinking included\) in \d+ s", last)
