@@ -330,7 +330,11 @@ def check(case):
     whole = run(case.config, [case.stream])
     for cuts in case.splits():
         reads = case.reads(cuts)
-        split = run(case.config, reads)
+        try:
+            split = run(case.config, reads)
+        except Exception:
+            note(f"reads: {reads!r}")
+            raise
         if split != whole:
             note(f"reads: {reads!r}")
             note(f"whole: replies {brief(whole.replies)}, message sizes {whole.sizes}")
