@@ -345,7 +345,9 @@ class Session:
                 self._header_line = None  # the body is never read
                 return
             name, colon, value = line.partition(b":")
-            switch = _SWITCHES.get(name.strip().lower()) if colon else None
+            # Only WSP may stand before the colon (RFC 5322 4.5.3): "\rX-Blackhole-
+            # Mode" is no switch, as the first-octet test above already says.
+            switch = _SWITCHES.get(name.rstrip(b" \t").lower()) if colon else None
             if switch:
                 self._folding = (switch, value)
 

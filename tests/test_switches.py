@@ -104,6 +104,8 @@ def test_a_switch_in_the_body_is_ignored_however_the_message_arrives():
     # CR CR LF: the line is "\r", neither blank nor a switch.
     (b"Subject: s\r\n\r\r\nX-Blackhole-Mode: offline\r\n", 521),
     (b"X-Blackhole-Mode: offline\r\r\n", 521),
+    (b"\rX-Blackhole-Mode: offline\r\n", 250),  # found by scripts/fuzz
+    (b"X-Blackhole-Mode \t: offline\r\n", 521),  # WSP before the colon (RFC 5322 4.5.3)
 ])
 def test_folded_and_odd_header_lines_get_one_answer_however_they_arrive(headers, code):
     for chunks in every_split(ENVELOPE + headers + b"\r\nbody\r\n.\r\n"):
