@@ -235,12 +235,13 @@ async def _serve(plan, settings, counts, task):
         HTTPServer(metrics.application(counts, lambda: not stop.is_set())).add_sockets(
             plan.metrics)
     loop = asyncio.get_running_loop()
-    log.info("Worker %d serving on %s", os.getpid(),
-             f"uvloop {uvloop.__version__}" if type(loop).__module__.startswith("uvloop")
-             else "asyncio")
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, logs.reopen)
+    # Said once the worker is titled, switched and hears its signals: tests wait for it.
+    log.info("Worker %d serving on %s", os.getpid(),
+             f"uvloop {uvloop.__version__}" if type(loop).__module__.startswith("uvloop")
+             else "asyncio")
     if _stopping:  # told to stop before the loop could hear it
         stop.set()
     await stop.wait()

@@ -77,6 +77,21 @@ def wait_until(check, seconds=10):
         time.sleep(0.05)
 
 
+def serving(bh, count):
+    """Wait until ``count`` workers have said in the log that they serve; return their pids.
+
+    A worker just forked still has the master's title, account and no event
+    loop: only its "serving" line says it has switched all three.
+    """
+    def ready():
+        pids = workers_of(bh.pid)
+        text = bh.logfile.read_text() if bh.logfile.exists() else ""
+        return len(pids) == count and all(f"Worker {pid} serving on " in text for pid in pids)
+
+    wait_until(ready)
+    return workers_of(bh.pid)
+
+
 def test_start_status_send_stop(daemon):
     bh = daemon("--workers=1")
     started = time.monotonic()
@@ -88,7 +103,7 @@ def test_start_status_send_stop(daemon):
     assert bh.send() == {}  # listening as soon as start returned
     status = bh("status")
     assert (status.returncode, status.stdout) == (0, "running\n")
-    master, workers = bh.pid, workers_of(bh.pid)
+    master, workers = bh.pid, serving(bh, 1)  # start returns before the fork
     stopped = bh("stop")
     assert (stopped.returncode, stopped.stderr) == (0, "")
     assert not bh.pidfile.exists()
@@ -188,12 +203,13 @@ def test_the_daemon_is_detached_from_its_caller(daemon):
 def test_workers_are_forked_titled_and_replaced(daemon):
     bh = daemon("--workers=2")
     assert bh("start").returncode == 0
-    wait_until(lambda: len(workers_of(bh.pid)) == 2)
-    workers = workers_of(bh.pid)
+    workers = serving(bh, 2)
     assert [title(pid) for pid in workers] == ["blackhole: worker"] * 2
     os.kill(workers[0], signal.SIGKILL)
-    wait_until(lambda: len(workers_of(bh.pid)) == 2 and workers[0] not in workers_of(bh.pid))
-    assert workers[1] in workers_of(bh.pid)
+    wait_until(lambda: workers[0] not in workers_of(bh.pid))
+    replaced = serving(bh, 2)
+    assert workers[1] in replaced
+    assert [title(pid) for pid in replaced] == ["blackhole: worker"] * 2
     assert all(bh.send() == {} for _ in range(4))
     assert bh("stop").returncode == 0
 
@@ -235,7 +251,7 @@ def test_stop_lets_a_message_in_flight_finish(daemon):
             pass
         sock.sendall(b"Subject: x\r\n\r\nhalf")
         stopping = subprocess.Popen([sys.executable, "-m", "blackhole", *bh.options, "stop"])
-        time.sleep(0.5)
+        wait_until(lambda: "Stopping" in bh.logfile.read_text())  # the master has passed it on
         sock.sendall(b" and the rest\r\n.\r\n")
         assert lines.readline() == b"250 2.0.0 OK\r\n"
         assert lines.readline().startswith(b"421 4.3.2")
@@ -259,11 +275,15 @@ def test_sighup_reopens_the_log_file(daemon, tmp_path):
 
 def run_sighup_rotation(bh):
     assert bh("start").returncode == 0
+    serving(bh, 1)  # and listening for SIGHUP
     bh.logfile.rename(bh.logfile.with_suffix(".1"))  # what logrotate does
     os.kill(bh.pid, signal.SIGHUP)
-    time.sleep(0.5)
-    bh.send()
-    wait_until(lambda: bh.logfile.exists() and "RECV: QUIT" in bh.logfile.read_text())
+
+    def reopened():  # once the worker's loop has run its handler, sessions log anew
+        bh.send()
+        return bh.logfile.exists() and "RECV: QUIT" in bh.logfile.read_text()
+
+    wait_until(reopened)
     assert bh("stop").returncode == 0
 
 
@@ -317,8 +337,7 @@ def test_workers_run_as_the_given_user_and_can_still_log(daemon):
     bh = daemon("--user=nobody", "--group=nogroup", "--workers=1", "--debug")
     result = bh("start")
     assert result.returncode == 0
-    wait_until(lambda: len(workers_of(bh.pid)) == 1)
-    (worker,) = workers_of(bh.pid)
+    (worker,) = serving(bh, 1)  # it has switched account by then
     with open(f"/proc/{worker}/status") as status:
         uids = {line.split()[0]: line.split()[1:] for line in status}
     nobody = subprocess.run(["id", "-u", "nobody"], capture_output=True, text=True)
@@ -338,8 +357,7 @@ def test_connections_spread_over_the_workers(daemon):
     """Each worker has a socket of its own (SO_REUSEPORT): none is left idle."""
     bh = daemon("--workers=2")
     assert bh("start").returncode == 0
-    wait_until(lambda: len(workers_of(bh.pid)) == 2)
-    workers = workers_of(bh.pid)
+    workers = serving(bh, 2)  # a worker's event loop opens sockets of its own
     before = {pid: socket_count(pid) for pid in workers}
     held = [socket.create_connection((HOST, bh.port)) for _ in range(40)]
     try:
