@@ -3,9 +3,10 @@
 import os
 import select
 import signal
+import sys
 import time
 
-from blackhole import process
+from blackhole import options, process
 from blackhole.errors import BlackholeError
 
 START_TIMEOUT = 30  # seconds ``start`` waits to hear that the daemon is up
@@ -79,7 +80,8 @@ def status(values, settings, policy):
 def stop(values, settings, policy):
     """SIGTERM, then wait for the master and its workers to be gone (SIGKILL at last)."""
     if read_pid(values.pid) is None:
-        print(f"pidfile {values.pid} does not exist. Daemon not running?")
+        print(f"blackhole: pidfile {values.pid} does not exist. Daemon not running?",
+              file=sys.stderr)
         return 0
     pid = running_pid(values.pid)
     if pid is None:
@@ -117,10 +119,12 @@ def restart(values, settings, policy):
 
 
 def start(values, settings, policy):
-    """Daemonize and return 0 once the daemon listens, or 1 with its reason."""
+    """Daemonize and return 0 once the daemon listens, saying where, or 1 with its reason."""
     if running_pid(values.pid):
         raise BlackholeError(
             f"pidfile {values.pid} already exist. Daemon already running?")
+    if values.log is None:
+        values.log = options.START_LOG
     plan = process.prepare(values, settings, policy)
     reader, writer = os.pipe()
     child = os.fork()
@@ -130,6 +134,10 @@ def start(values, settings, policy):
         report = _read(reader)
         if report != "ok":
             raise BlackholeError(report or "the daemon exited before it was ready")
+        for line in process.announcement(plan, values, settings):
+            print(line)
+        print(f"Logging to {values.log}")
+        print(f"Running as pid {read_pid(values.pid)} ({values.pid})")
         return 0
     os.close(reader)
     os.setsid()

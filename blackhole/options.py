@@ -19,6 +19,7 @@ from blackhole.config import Settings
 from blackhole.errors import BlackholeError
 from blackhole.policy import MODES, Policy
 
+START_LOG = "/tmp/blackhole.log"  # the 1.x log file of start; run logs to stderr unless given one
 # group, name, type, default, help: the help output is printed from this table.
 OPTIONS = (
     ("Network", "host", str, "0.0.0.0", "address to listen on"),
@@ -52,8 +53,9 @@ OPTIONS = (
     ("Process", "user", str, "blackhole", "user to run as after binding"),
     ("Process", "group", str, "blackhole", "group to run as after binding"),
     ("Process", "workers", int, max(1, (os.cpu_count() or 1) - 2),
-     "worker processes (default: all cores but two, at least one)"),
-    ("Logging", "log", str, "/tmp/blackhole.log", "log file, appended to"),
+     "worker processes"),
+    ("Logging", "log", str, None,
+     f"log file, appended to (start: {START_LOG}; run: only stderr unless given)"),
     ("Logging", "metrics_port", int, 0,
      "serve Prometheus /metrics and /healthz on this port (0: off)"),
     ("Logging", "metrics_host", str, "127.0.0.1", "address of the metrics port"),

@@ -146,14 +146,12 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
     elif os.geteuid() == 0:
         log.warning("Running as root: there is no '%s' account (see --user, --group)",
                     values.user)
-    _announce(plan, values, settings, policy)
+    for line in announcement(plan, values, settings):
+        log.info("%s", line)
     # Each worker counts into a file of its own here; the master adds them up.
     counts = tempfile.mkdtemp(prefix="blackhole-counts-")
     if _owner:
         os.chown(counts, *_owner)
-    if plan.metrics:
-        log.info("Metrics on http://%s/metrics",
-                 server.address(values.metrics_host, values.metrics_port))
     if ready:
         ready()
     code = 0
@@ -174,16 +172,22 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
     return code
 
 
-def _announce(plan, values, settings, policy):
+def announcement(plan, values, settings):
+    """What the master says it serves: logged by ``run``, printed by ``start``."""
+    lines = []
     for listener, _, own in plan.listeners:
         delay = own.delay if isinstance(own.delay, tuple) else (own.delay,) * 2
-        log.info("Listening%s on %s, mode %s%s",
-                 " for SMTPS" if listener.implicit else "", listener, own.mode,
-                 f", delay {'-'.join(f'{d:g}' for d in sorted(set(delay)))}s"
-                 if own.delay else "")
+        lines.append(f"Listening{' for SMTPS' if listener.implicit else ''} on {listener}, "
+                     f"mode {own.mode}"
+                     + (f", delay {'-'.join(f'{d:g}' for d in sorted(set(delay)))}s"
+                        if own.delay else ""))
     if plan.context and values.ssl_cert is None and values.ssl_key is None:
-        log.info("No certificate configured: using a self-signed one for %s",
-                 settings.mailname)
+        lines.append("No certificate configured: using a self-signed one for "
+                     f"{settings.mailname}")
+    if plan.metrics:
+        address = server.address(values.metrics_host, values.metrics_port)
+        lines.append(f"Metrics on http://{address}/metrics")
+    return lines
 
 
 def _follow_master(master):
@@ -249,6 +253,7 @@ async def _serve(plan, settings, counts, task):
 
 
 def run(values, settings, policy):
-    """The ``run`` action: serve in the foreground, logging to stderr too."""
+    """The ``run`` action: serve in the foreground, logging to stderr, and to a file
+    only when --log names one (a file left by another account never stops it)."""
     catch_signals()
     return serve(prepare(values, settings, policy), values, settings, policy, stderr=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from blackhole.config import mailname
 from blackhole.daemon import is_blackhole
 from blackhole.process import workers_of
 from tests.conftest import HOST, blackhole, free_port, stop_by_pid, wait_for_port
@@ -25,8 +26,8 @@ class Daemon:
     def __init__(self, tmp_path, *extra):
         self.pidfile = tmp_path / "blackhole.pid"
         self.logfile = tmp_path / "blackhole.log"
-        self.port = free_port()
-        self.options = [f"--host={HOST}", f"--port={self.port}", f"--ssl_port={free_port()}",
+        self.port, self.ssl_port = free_port(), free_port()
+        self.options = [f"--host={HOST}", f"--port={self.port}", f"--ssl_port={self.ssl_port}",
                         f"--pid={self.pidfile}", f"--log={self.logfile}", *extra]
 
     def __call__(self, action, *more, **kwargs):
@@ -99,6 +100,13 @@ def test_start_status_send_stop(daemon):
     assert (result.returncode, result.stderr) == (0, "")
     assert time.monotonic() - started < 10
     assert bh.pidfile.read_text() == f"{bh.pid}\n"
+    assert result.stdout.splitlines() == [  # what run logs, and where to look next
+        f"Listening on {HOST}:{bh.port}, mode accept",
+        f"Listening for SMTPS on {HOST}:{bh.ssl_port}, mode accept",
+        f"No certificate configured: using a self-signed one for {mailname()}",
+        f"Logging to {bh.logfile}",
+        f"Running as pid {bh.pid} ({bh.pidfile})",
+    ]
     assert title(bh.pid) == "blackhole: master"
     assert bh.send() == {}  # listening as soon as start returned
     status = bh("status")
@@ -128,8 +136,8 @@ def test_start_while_running_is_refused(daemon):
 def test_stop_and_status_when_not_running(daemon):
     bh = daemon()
     stopped = bh("stop")
-    assert (stopped.returncode, stopped.stdout) == (
-        0, f"pidfile {bh.pidfile} does not exist. Daemon not running?\n")
+    assert (stopped.returncode, stopped.stdout, stopped.stderr) == (
+        0, "", f"blackhole: pidfile {bh.pidfile} does not exist. Daemon not running?\n")
     status = bh("status")
     assert (status.returncode, status.stdout) == (3, "not running\n")
 
@@ -144,7 +152,8 @@ def test_a_stale_pid_file_is_reported_and_removed(daemon):
     assert not bh.pidfile.exists()
     bh.pidfile.write_text(f"{dead.pid}\n")
     started = bh("start")
-    assert (started.returncode, started.stdout) == (0, f"Stale pid {dead.pid}. Removing\n")
+    assert started.returncode == 0
+    assert started.stdout.startswith(f"Stale pid {dead.pid}. Removing\nListening on ")
     assert bh.pid != dead.pid and bh.send() == {}
     assert bh("stop").returncode == 0
 
