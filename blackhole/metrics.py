@@ -183,6 +183,7 @@ class _Health(RequestHandler):
     def get(self):
         if not self.healthy():
             self.set_status(503)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.write("OK\n" if self.healthy() else "stopping\n")
 
 

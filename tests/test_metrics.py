@@ -157,6 +157,7 @@ def test_healthz_answers_while_mail_is_accepted(daemon):
     wait_for_port(metrics_port, process)
     with urllib.request.urlopen(f"http://{HOST}:{metrics_port}/healthz", timeout=10) as response:
         assert (response.status, response.read()) == (200, b"OK\n")
+        assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
 
 
 def test_metrics_are_off_by_default(daemon, tmp_path):
