@@ -10,7 +10,10 @@ from blackhole import options, process
 from blackhole.errors import BlackholeError
 
 START_TIMEOUT = 30  # seconds ``start`` waits to hear that the daemon is up
-STOP_TIMEOUT = process.GRACE + 5  # seconds before SIGKILL
+# Seconds ``stop`` waits after SIGTERM before SIGKILL, then after SIGKILL: the
+# init script's --retry TERM/30/KILL/5 and the unit's TimeoutStopSec say the same.
+STOP_TIMEOUT = 30
+KILL_TIMEOUT = 5
 
 
 def read_pid(path):
@@ -97,7 +100,7 @@ def stop(values, settings, policy):
                 os.kill(member, signal.SIGKILL)
             except ProcessLookupError:
                 pass  # ended between the check and the kill
-        if not _gone(group, 5):
+        if not _gone(group, KILL_TIMEOUT):
             raise BlackholeError(f"pid {pid} would not stop")
     _remove(values.pid)
     return 0
