@@ -19,7 +19,8 @@ from blackhole.config import Settings
 from blackhole.errors import BlackholeError
 from blackhole.policy import MODES, Policy
 
-START_LOG = "/tmp/blackhole.log"  # the 1.x log file of start; run logs to stderr unless given one
+START_LOG = "/tmp/blackhole.log"  # start's log file, as in 1.x; run logs to stderr only
+
 # group, name, type, default, help: the help output is printed from this table.
 OPTIONS = (
     ("Network", "host", str, "0.0.0.0", "address to listen on"),
@@ -64,8 +65,8 @@ OPTIONS = (
 _METAVARS = {str: "TEXT", int: "N", bool: "BOOL"}
 _KINDS = {str: "a string", int: "an integer", bool: "True or False"}
 TYPES = {name: kind for _, name, kind, _, _ in OPTIONS}
-# Defaults that depend on the machine or the action, as help and the man page show them.
-SHOWN_DEFAULTS = {"workers": "cores - 2, at least 1", "log": None}
+# Defaults that depend on the machine, as help and the man page show them.
+SHOWN_DEFAULTS = {"workers": "cores - 2, at least 1"}
 # Command-line booleans, in any case (1.x took anything but false, 0 and f as true).
 BOOLEANS = {"true": True, "t": True, "1": True, "yes": True, "on": True,
             "false": False, "f": False, "0": False, "no": False, "off": False}
