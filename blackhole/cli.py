@@ -6,13 +6,17 @@ import sys
 from blackhole import __version__, daemon, options, process
 from blackhole.errors import BlackholeError, UsageError
 
-# action -> function(values, settings, policy) returning the exit code.
+# action -> (function(values, settings, policy) returning the exit code, what it does).
 ACTIONS = {
-    "start": daemon.start,
-    "stop": daemon.stop,
-    "status": daemon.status,
-    "restart": daemon.restart,
-    "run": process.run,
+    "start": (daemon.start, "daemonize and return once listening; print where, the log "
+                            "file and the pid"),
+    "stop": (daemon.stop, "SIGTERM the daemon and wait until it and its workers are gone "
+                          f"(SIGKILL after {daemon.STOP_TIMEOUT} s)"),
+    "status": (daemon.status, "print running (exit 0) or not running (exit 3, or 1 if it "
+                              "removed a stale pid file)"),
+    "restart": (daemon.restart, "stop, then start"),
+    "run": (process.run, "serve in the foreground, logging to stderr (and to --log if "
+                         "given)"),
 }
 USAGE = f"usage: blackhole [--option=value ...] ({'|'.join(ACTIONS)})"
 
@@ -24,7 +28,7 @@ def _action(actions):
         raise UsageError(f"one action expected, got: {' '.join(actions)}")
     if actions[0] not in ACTIONS:
         raise UsageError(f"unknown action '{actions[0]}'")
-    return ACTIONS[actions[0]]
+    return ACTIONS[actions[0]][0]
 
 
 def main(args=None):
@@ -36,14 +40,16 @@ def main(args=None):
         except OSError:
             os.open(os.devnull, os.O_RDWR)
     if "-h" in args or "--help" in args:
-        print(options.help_text(USAGE))
+        print(options.help_text(USAGE, [(name, text) for name, (_, text) in ACTIONS.items()]))
         return 0
     if "-v" in args or "--version" in args:
         print(f"blackhole {__version__}")
         return 0
     try:
-        actions, values = options.parse(args)
+        actions, values, warnings = options.parse(args)
         action = _action(actions)
+        for warning in warnings:
+            print(f"blackhole: warning: {warning}", file=sys.stderr)
         if values.ssl_ca_certs_dir:
             print("Deprecated option: ssl_ca_certs_dir", file=sys.stderr)
         return action(values, *options.settings(values))

@@ -3,13 +3,17 @@
 import os
 import select
 import signal
+import sys
 import time
 
-from blackhole import process
+from blackhole import options, process
 from blackhole.errors import BlackholeError
 
 START_TIMEOUT = 30  # seconds ``start`` waits to hear that the daemon is up
-STOP_TIMEOUT = process.GRACE + 5  # seconds before SIGKILL
+# Seconds ``stop`` waits after SIGTERM before SIGKILL, then after SIGKILL: the
+# init script's --retry TERM/30/KILL/5 and the unit's TimeoutStopSec say the same.
+STOP_TIMEOUT = 30
+KILL_TIMEOUT = 5
 
 
 def read_pid(path):
@@ -79,7 +83,8 @@ def status(values, settings, policy):
 def stop(values, settings, policy):
     """SIGTERM, then wait for the master and its workers to be gone (SIGKILL at last)."""
     if read_pid(values.pid) is None:
-        print(f"pidfile {values.pid} does not exist. Daemon not running?")
+        print(f"blackhole: pidfile {values.pid} does not exist. Daemon not running?",
+              file=sys.stderr)
         return 0
     pid = running_pid(values.pid)
     if pid is None:
@@ -95,7 +100,7 @@ def stop(values, settings, policy):
                 os.kill(member, signal.SIGKILL)
             except ProcessLookupError:
                 pass  # ended between the check and the kill
-        if not _gone(group, 5):
+        if not _gone(group, KILL_TIMEOUT):
             raise BlackholeError(f"pid {pid} would not stop")
     _remove(values.pid)
     return 0
@@ -117,10 +122,12 @@ def restart(values, settings, policy):
 
 
 def start(values, settings, policy):
-    """Daemonize and return 0 once the daemon listens, or 1 with its reason."""
+    """Daemonize and return 0 once the daemon listens, saying where, or 1 with its reason."""
     if running_pid(values.pid):
         raise BlackholeError(
             f"pidfile {values.pid} already exist. Daemon already running?")
+    if values.log is None:
+        values.log = options.START_LOG
     plan = process.prepare(values, settings, policy)
     reader, writer = os.pipe()
     child = os.fork()
@@ -130,6 +137,10 @@ def start(values, settings, policy):
         report = _read(reader)
         if report != "ok":
             raise BlackholeError(report or "the daemon exited before it was ready")
+        for line in process.announcement(plan, values, settings):
+            print(line)
+        print(f"Logging to {values.log}")
+        print(f"Running as pid {read_pid(values.pid)} ({values.pid})")
         return 0
     os.close(reader)
     os.setsid()

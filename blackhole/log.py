@@ -27,13 +27,13 @@ class LogFile(logging.FileHandler):
 
 
 def configure(path, debug=False, stderr=False, threaded=False):
-    """Send every log record to ``path`` (appended) and maybe stderr.
+    """Send every log record to ``path`` (appended; None for no file) and maybe stderr.
 
     With ``threaded`` returns the started QueueListener (stop it to flush),
     else None.  Replaces whatever handlers were there (a forked worker's).
     """
     try:
-        handlers = [LogFile(path, encoding="utf-8")]
+        handlers = [LogFile(path, encoding="utf-8")] if path else []
     except OSError as error:
         raise BlackholeError(
             f"Cannot open log file '{path}': {error.strerror or error}"
@@ -47,7 +47,7 @@ def configure(path, debug=False, stderr=False, threaded=False):
     for handler in root.handlers[:]:
         root.removeHandler(handler)
         handler.close()
-    _file_handlers[:] = handlers[:1]
+    _file_handlers[:] = handlers[:1] if path else []
     root.setLevel(logging.INFO)
     logging.getLogger("blackhole").setLevel(logging.DEBUG if debug else logging.INFO)
     if not threaded:

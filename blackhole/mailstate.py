@@ -64,7 +64,7 @@ class MailState:
         self.sessions = sessions
         session = self.session
         if session.ident:
-            log.debug("Connection from '%s'", self.address[0])
+            log.debug("[%s] Connection from '%s'", session.ident, self.address[0])
         loop = self._loop = asyncio.get_running_loop()
         self._opened = self.idle_since = loop.time()
         metrics.counts[metrics.OPENED] += 1

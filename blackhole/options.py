@@ -1,9 +1,16 @@
 """Options from the command line and the config file, with the 1.x names and types.
 
-Parsed by tornado.options; every failure becomes one BlackholeError line.
+tornado.options parses every command-line value. The config file is read as
+``name=value`` lines of Python literals and never run. Every failure becomes
+one BlackholeError line; what is merely surprising becomes a warning.
 """
 
+import ast
+import io
 import os
+import re
+import stat
+import tokenize
 
 from tornado.options import Error as TornadoOptionError
 from tornado.options import OptionParser
@@ -11,6 +18,8 @@ from tornado.options import OptionParser
 from blackhole.config import Settings
 from blackhole.errors import BlackholeError
 from blackhole.policy import MODES, Policy
+
+START_LOG = "/tmp/blackhole.log"  # start's log file, as in 1.x; run logs to stderr only
 
 # group, name, type, default, help: the help output is printed from this table.
 OPTIONS = (
@@ -45,8 +54,9 @@ OPTIONS = (
     ("Process", "user", str, "blackhole", "user to run as after binding"),
     ("Process", "group", str, "blackhole", "group to run as after binding"),
     ("Process", "workers", int, max(1, (os.cpu_count() or 1) - 2),
-     "worker processes (default: all cores but two, at least one)"),
-    ("Logging", "log", str, "/tmp/blackhole.log", "log file, appended to"),
+     "worker processes"),
+    ("Logging", "log", str, None,
+     f"log file, appended to (start: {START_LOG}; run: only stderr unless given)"),
     ("Logging", "metrics_port", int, 0,
      "serve Prometheus /metrics and /healthz on this port (0: off)"),
     ("Logging", "metrics_host", str, "127.0.0.1", "address of the metrics port"),
@@ -55,6 +65,11 @@ OPTIONS = (
 _METAVARS = {str: "TEXT", int: "N", bool: "BOOL"}
 _KINDS = {str: "a string", int: "an integer", bool: "True or False"}
 TYPES = {name: kind for _, name, kind, _, _ in OPTIONS}
+# Defaults that depend on the machine, as help and the man page show them.
+SHOWN_DEFAULTS = {"workers": "cores - 2, at least 1"}
+# Command-line booleans, in any case (1.x took anything but false, 0 and f as true).
+BOOLEANS = {"true": True, "t": True, "1": True, "yes": True, "on": True,
+            "false": False, "f": False, "0": False, "no": False, "off": False}
 _PATHS = ("pid", "log", "ssl_cert", "ssl_key")
 _OPTIONAL = {name for _, name, _, default, _ in OPTIONS if default is None}
 _RANGES = {
@@ -71,17 +86,22 @@ def _parser():
     return parser
 
 
-def _set(parser, name, text, source):
-    """Set option ``name`` from its text form, as tornado.options parses it."""
+def _set(parser, name, text):
+    """Set option ``name`` from its command-line text, as tornado.options parses it."""
+    if TYPES[name] is bool:
+        if text.lower() not in BOOLEANS:
+            raise BlackholeError(f"Invalid value for {name}: '{text}' is not a boolean: "
+                                 "true/false, t/f, 1/0, yes/no or on/off")
+        text = "true" if BOOLEANS[text.lower()] else "false"
     try:
         parser.parse_command_line(["blackhole", f"--{name}={text}"], final=False)
     except (TornadoOptionError, ValueError):
         raise BlackholeError(
-            f"Invalid value for {name}{source}: '{text}' is not {_KINDS[TYPES[name]]}"
-        ) from None
+            f"Invalid value for {name}: '{text}' is not {_KINDS[TYPES[name]]}") from None
 
 
 def _apply_flag(parser, flag):
+    """Apply one ``--name=value`` and return the option's name."""
     name, equals, text = flag.lstrip("-").partition("=")
     name = name.replace("-", "_")
     if name not in TYPES:
@@ -90,38 +110,121 @@ def _apply_flag(parser, flag):
         if TYPES[name] is not bool:
             raise BlackholeError(f"Option --{name} needs a value: --{name}=...")
         text = "true"
-    _set(parser, name, text, "")
+    _set(parser, name, text)
+    return name
 
 
-def apply_config(parser, path):
-    """Run the legacy Python/shell config file; its names override the command line."""
-    if not os.path.isfile(path):
-        raise BlackholeError(f"Config file '{path}' does not exist")
-    namespace = {"__file__": path}
+_ASSIGNMENT = re.compile(r"([A-Za-z_]\w*)(\s*)=(\s*)(.*)")
+_NOT_VALUE = (tokenize.COMMENT, tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
+_UNSET = object()
+
+
+def read_config(path):
+    """The settings of a 1.x config file: {name: (value, "name=value" as written)}.
+
+    Each line is ``name=value`` with one Python literal, as both Python and
+    the init script's shell read it; nothing in the file is ever run.
+    """
     try:
-        with open(path, encoding="utf-8") as conf:
-            exec(compile(conf.read(), path, "exec"), namespace)  # noqa: S102 - 1.x contract
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BlackholeError(f"Config file '{path}' does not exist") from None
     except OSError as error:
         raise BlackholeError(f"Cannot read config file '{path}': {error.strerror}") from None
-    except SyntaxError as error:
-        raise BlackholeError(f"Config file {path}, line {error.lineno}: {error.msg}") from None
-    except Exception as error:
-        raise BlackholeError(f"Config file '{path}' failed: {error}") from None
-    source = f" in config file '{path}'"
-    for name, value in namespace.items():
-        if name.startswith("__"):
+    with open(fd, encoding="utf-8") as conf:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BlackholeError(f"Config file '{path}' is not a file")
+        _check_owner(path, os.fstat(fd))
+        try:
+            lines = conf.read().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise BlackholeError(f"Cannot read config file '{path}': {error}") from None
+    settings = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
             continue
+        where = f"{path}, line {number}"
+        match = _ASSIGNMENT.fullmatch(line)
+        if not match:
+            raise BlackholeError(f"{where}: expected name=value, not: {line}")
+        name, before, after, text = match.groups()
+        if before or after:
+            raise BlackholeError(f"{where}: {name}: no spaces around '=' (the init script's "
+                                 f"shell cannot read them): {name}={text.strip()}")
+        if name == "conf":
+            raise BlackholeError(f"{where}: conf: a config file cannot name another")
         if name not in TYPES:
-            raise BlackholeError(f"Unknown option '{name}'{source}")
-        kind = TYPES[name]
-        if isinstance(value, str) and kind is not str:
-            _set(parser, name, value, source)
-        elif (value is None and name in _OPTIONAL) or (
-            isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        ):
-            setattr(parser, name, value)
-        else:
-            raise BlackholeError(f"Option {name}{source} must be {_KINDS[kind]}, not {value!r}")
+            raise BlackholeError(f"{where}: unknown option '{name}'")
+        value, written = _literal(where, name, text)
+        settings[name] = (value, f"{name}={written}")
+    return settings
+
+
+def _literal(where, name, text):
+    """The value of one literal (a comment may follow) and its text, checked against the option."""
+    try:
+        tokens = [token for token in tokenize.generate_tokens(io.StringIO(text).readline)
+                  if token.type not in _NOT_VALUE]
+    except (tokenize.TokenError, SyntaxError):  # a string left open
+        tokens = []
+    written = text[:tokens[-1].end[1]] if tokens else text.partition(" #")[0].strip()
+    if text[len(written):len(written) + 1] == "#":  # the shell would read it as part of the value
+        raise BlackholeError(f"{where}: {name}: put a space before the '#' of a comment")
+    value = _UNSET
+    if len(tokens) == 1 or (len(tokens) == 2 and tokens[0].string == "-"):
+        try:
+            value = ast.literal_eval(written)
+        except (ValueError, SyntaxError):
+            pass
+    kind = TYPES[name]
+    if value is None and name in _OPTIONAL:
+        return value, written
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value, written
+    quoted = any(token.type == tokenize.STRING for token in tokens)
+    if kind is str and ((value is _UNSET and not quoted) or type(value) in (int, float)):
+        bare = written.strip("\"'")
+        raise BlackholeError(f'{where}: {name}: strings must be quoted: {name}="{bare}"')
+    raise BlackholeError(f"{where}: {name}: must be {_KINDS[kind]}, not {written}")
+
+
+def _check_owner(path, info):
+    """As root, refuse a config file another account could have written, as sshd's
+    StrictModes does: the file and every directory above it belong to root and
+    only root may write to them (a sticky directory such as /tmp excepted)."""
+    if os.geteuid() != 0:
+        return
+    places = {path: info}
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        directory = os.path.dirname(start)
+        while directory not in places:
+            places[directory] = os.stat(directory)
+            directory = os.path.dirname(directory)
+    for place, info in places.items():
+        what = "it" if place == path else f"its directory {place}"
+        if info.st_uid != 0:
+            raise BlackholeError(
+                f"Refusing config file '{path}' as root: {what} belongs to uid "
+                f"{info.st_uid}, not root (chown root {place})")
+        sticky = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+        if info.st_mode & 0o022 and not sticky:
+            raise BlackholeError(
+                f"Refusing config file '{path}' as root: {what} is writable by group or "
+                f"others (chmod go-w {place})")
+
+
+def _ignored(values, given):
+    """Options given but replaced by --listen or --ssl_listen, one line each."""
+    takers = {"host": ["listen", "ssl_listen"] if values.ssl else ["listen"], "port": ["listen"]}
+    if values.ssl:  # without it, --ssl_listen is an error of its own
+        takers["ssl_port"] = ["ssl_listen"]
+    lines = []
+    for name, by in takers.items():
+        if name in given and all(values[taker] for taker in by):
+            lines.append(f"{given[name]} is ignored: {' and '.join(given[t] for t in by)} "
+                         f"take{'s' if len(by) == 1 else ''} its place")
+    return lines
 
 
 def _validate(parser):
@@ -133,21 +236,34 @@ def _validate(parser):
 
 
 def parse(args):
-    """Split ``args`` into actions and options; apply --conf; check the values."""
+    """Split ``args`` into actions and options; apply --conf; check the values.
+
+    Returns (actions, values, warnings): a warning for each option given on
+    the command line that the config file overrides (the 1.x contract), and
+    for each that --listen or --ssl_listen replaces.
+    """
     parser = _parser()
     actions = []
+    given = {}  # option -> how it was given, for the warnings
     for arg in args:
         if arg.startswith("-"):
-            _apply_flag(parser, arg)
+            given[_apply_flag(parser, arg)] = arg
         else:
             actions.append(arg)
+    warnings = []
     if parser.conf:
-        apply_config(parser, parser.conf)
+        conf = parser.conf
+        for name, (value, written) in read_config(conf).items():
+            if name in given and parser[name] != value:
+                warnings.append(f"{given[name]} is overridden by {written} in {conf}")
+            setattr(parser, name, value)
+            given[name] = f"{written} in {conf}"
+    warnings += _ignored(parser, given)
     _validate(parser)
     for name in _PATHS:  # the daemon works from /, so relative paths would move
         if parser[name]:
             setattr(parser, name, os.path.abspath(parser[name]))
-    return actions, parser
+    return actions, parser, warnings
 
 
 def settings(values):
@@ -168,16 +284,23 @@ def settings(values):
     )
 
 
-def help_text(usage):
-    """Grouped help, printed from OPTIONS."""
+def shown_default(name, default):
+    """The default as help and the man page show it, or None for none."""
+    return SHOWN_DEFAULTS[name] if name in SHOWN_DEFAULTS else default
+
+
+def help_text(usage, actions):
+    """Grouped help, printed from OPTIONS and ``actions``: (name, what it does) pairs."""
     lines = [usage, "", "An SMTP sink: it answers every message and keeps none of them.",
-             "", "  -h, --help       show this help and exit",
-             "  -v, --version    show the version and exit"]
+             "", "Actions:"]
+    lines += [f"  {name:<8} {text}" for name, text in actions]
+    lines += ["", "  -h, --help       show this help and exit",
+              "  -v, --version    show the version and exit"]
     for group in dict.fromkeys(group for group, *_ in OPTIONS):
         lines += ["", f"{group}:"]
         for option_group, name, kind, default, text in OPTIONS:
             if option_group == group:
                 flag = f"--{name}={_METAVARS[kind]}"
-                lines.append(f"  {flag:<28} {text}"
-                             + ("" if default is None else f" [{default}]"))
+                shown = shown_default(name, default)
+                lines.append(f"  {flag:<28} {text}" + ("" if shown is None else f" [{shown}]"))
     return "\n".join(lines)

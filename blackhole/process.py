@@ -143,13 +143,11 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
     elif os.geteuid() == 0:
         log.warning("Running as root: there is no '%s' account (see --user, --group)",
                     values.user)
-    _announce(plan, values, settings, policy)
+    for line in announcement(plan, values, settings):
+        log.info("%s", line)
     # A block of counters for each worker, in memory shared with them: nothing
     # on disk for the workers' account to plant, nothing a SIGKILL leaves behind.
     blocks = metrics.shared(values.workers)
-    if plan.metrics:
-        log.info("Metrics on http://%s/metrics",
-                 server.address(values.metrics_host, values.metrics_port))
     if ready:
         ready()
     code = 0
@@ -169,16 +167,22 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
     return code
 
 
-def _announce(plan, values, settings, policy):
+def announcement(plan, values, settings):
+    """What the master says it serves: logged by ``run``, printed by ``start``."""
+    lines = []
     for listener, _, own in plan.listeners:
         delay = own.delay if isinstance(own.delay, tuple) else (own.delay,) * 2
-        log.info("Listening%s on %s, mode %s%s",
-                 " for SMTPS" if listener.implicit else "", listener, own.mode,
-                 f", delay {'-'.join(f'{d:g}' for d in sorted(set(delay)))}s"
-                 if own.delay else "")
+        lines.append(f"Listening{' for SMTPS' if listener.implicit else ''} on {listener}, "
+                     f"mode {own.mode}"
+                     + (f", delay {'-'.join(f'{d:g}' for d in sorted(set(delay)))}s"
+                        if own.delay else ""))
     if plan.context and values.ssl_cert is None and values.ssl_key is None:
-        log.info("No certificate configured: using a self-signed one for %s",
-                 settings.mailname)
+        lines.append("No certificate configured: using a self-signed one for "
+                     f"{settings.mailname}")
+    if plan.metrics:
+        address = server.address(values.metrics_host, values.metrics_port)
+        lines.append(f"Metrics on http://{address}/metrics")
+    return lines
 
 
 def _follow_master(master):
@@ -232,12 +236,13 @@ async def _serve(plan, settings, blocks, task):
     if plan.metrics:  # any worker may answer a scrape: each reads every worker's counts
         metrics.http_server(blocks, lambda: not stop.is_set()).add_sockets(plan.metrics)
     loop = asyncio.get_running_loop()
-    log.info("Worker %d serving on %s", os.getpid(),
-             f"uvloop {uvloop.__version__}" if type(loop).__module__.startswith("uvloop")
-             else "asyncio")
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, logs.reopen)
+    # Said once the worker is titled, switched and hears its signals: tests wait for it.
+    log.info("Worker %d serving on %s", os.getpid(),
+             f"uvloop {uvloop.__version__}" if type(loop).__module__.startswith("uvloop")
+             else "asyncio")
     if _stopping:  # told to stop before the loop could hear it
         stop.set()
     await stop.wait()
@@ -259,6 +264,7 @@ def _own_sockets(listeners, task):
 
 
 def run(values, settings, policy):
-    """The ``run`` action: serve in the foreground, logging to stderr too."""
+    """The ``run`` action: serve in the foreground, logging to stderr, and to a file
+    only when --log names one (a file left by another account never stops it)."""
     catch_signals()
     return serve(prepare(values, settings, policy), values, settings, policy, stderr=True)

@@ -1,6 +1,7 @@
 """Fixtures: a real server on a loopback port, raw and smtplib clients, the CLI as a process."""
 
 import os
+import random
 import resource
 import signal
 import socket
@@ -144,10 +145,42 @@ def insecure_context():
     return context
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+_FIRST_FREE = 10000  # below: ports that other services on the machine may use
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
+    """A port free now, for a server a test starts in a moment.
+
+    Taken below the kernel's ephemeral range: bind(0) and the source port of
+    every outgoing connection on the machine come from that range, and could
+    take the number before the server binds it (it did, under load).
+    """
+    low = _ephemeral_low()
+    while True:
+        if low - _FIRST_FREE > 1000:
+            port = random.randrange(_FIRST_FREE, low)
+        else:  # a machine whose ephemeral range leaves no room below it
+            with socket.socket() as probe:
+                probe.bind((HOST, 0))
+                port = probe.getsockname()[1]
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue  # in use: try another
+        _handed_out.add(port)
+        return port
 
 
 def blackhole(*args, **kwargs):

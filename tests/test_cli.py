@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from blackhole import __version__, cli
+from blackhole import __version__, cli, daemon, options
+from blackhole.errors import BlackholeError
 from tests.conftest import HOST, blackhole, free_port
 
 
@@ -32,6 +33,15 @@ def test_help_is_grouped(flag):
     for option in ("--port=N", "--ssl_port=N", "--mode=TEXT", "--delay=N", "--conf=TEXT",
                    "--timeout=N", "--debug=BOOL"):
         assert option in result.stdout
+
+
+def test_help_says_what_each_action_does():
+    lines = blackhole("--help").stdout.splitlines()
+    listed = lines[lines.index("Actions:") + 1:lines.index("Actions:") + 1 + len(cli.ACTIONS)]
+    assert [line.split()[0] for line in listed] == list(cli.ACTIONS)
+    assert all(len(line.split()) > 3 for line in listed)  # a name and what it does
+    assert "  stop     SIGTERM the daemon and wait until it and its workers are gone " \
+           f"(SIGKILL after {daemon.STOP_TIMEOUT} s)" in lines
 
 
 @pytest.mark.parametrize("args, message", [
@@ -93,21 +103,31 @@ def test_permission_denied_on_bind_is_one_line(monkeypatch, capsys):
         f"blackhole: Permission denied, could not bind to {HOST}:25\n")
 
 
-@pytest.mark.parametrize("conf, message", [
-    ("port=25\nbogus=1\n", "Unknown option 'bogus' in config file '{path}'"),
-    ("port='abc'\n", "Invalid value for port in config file '{path}': 'abc' is not an integer"),
-    ("port=25.5\n", "Option port in config file '{path}' must be an integer, not 25.5"),
-    ("port=None\n", "Option port in config file '{path}' must be an integer, not None"),
-    ("log=None\n", "Option log in config file '{path}' must be a string, not None"),
-    ("ssl=1\n", "Option ssl in config file '{path}' must be True or False, not 1"),
-    ("port = = 1\n", "Config file {path}, line 1: invalid syntax"),
+@pytest.mark.parametrize("spellings, value", [
+    (["true", "TRUE", "True", "t", "T", "1", "yes", "YES", "on", "On"], True),
+    (["false", "FALSE", "False", "f", "F", "0", "no", "No", "off", "OFF"], False),
 ])
-def test_bad_config_files_get_one_line(tmp_path, conf, message):
-    path = tmp_path / "blackhole.conf"
-    path.write_text(conf)
-    result = blackhole(f"--conf={path}", "run")
+def test_booleans_take_the_usual_spellings(spellings, value):
+    for text in spellings:
+        _, values, _ = options.parse([f"--debug={text}", f"--ssl={text}"])
+        assert (values.debug, values.ssl) == (value, value), text
+    _, values, _ = options.parse(["--debug"])  # bare: true
+    assert values.debug is True
+
+
+@pytest.mark.parametrize("text", ["maybe", "2", "tru", "", "yess", "none", "-1"])
+def test_booleans_refuse_anything_else(text):
+    with pytest.raises(BlackholeError) as error:
+        options.parse([f"--debug={text}"])
+    assert str(error.value) == (f"Invalid value for debug: '{text}' is not a boolean: "
+                                "true/false, t/f, 1/0, yes/no or on/off")
+
+
+def test_a_loose_boolean_is_one_line_and_exit_1():
+    result = blackhole("--debug=maybe", "run")
     assert result.returncode == 1
-    assert one_clear_line(result) == "blackhole: " + message.format(path=path)
+    assert one_clear_line(result) == ("blackhole: Invalid value for debug: 'maybe' is not a "
+                                      "boolean: true/false, t/f, 1/0, yes/no or on/off")
 
 
 def test_deprecated_ssl_ca_certs_dir_is_announced(daemon):
@@ -131,14 +151,21 @@ def test_run_serves_until_a_signal(daemon, stop, tmp_path):
     assert "Listening on" in log and "Stopping" in log
 
 
-def test_config_file_overrides_the_command_line(daemon, tmp_path):
-    """The 1.x contract: the file is Python, and its values win."""
+def test_config_file_overrides_the_command_line_and_says_so(daemon, tmp_path):
+    """The 1.x contract: the file's values win; each one that overrides is announced."""
     port = free_port()
     conf = tmp_path / "blackhole.conf"
     conf.write_text(f'# legacy style\nport={port}\nmode="offline"\nssl=False\n')
+    conf.chmod(0o644)
     process, _ = daemon(f"--conf={conf}", "--mode=accept", port=port)
     with smtplib.SMTP(HOST, port) as smtp:
         smtp.ehlo()
         smtp.mail("a@example.com")
         smtp.rcpt("b@example.com")
         assert smtp.data(b"Subject: x\r\n\r\nhi")[0] == 521
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    warnings = [line for line in stderr.splitlines() if line.startswith("blackhole: warning:")]
+    # --port had the file's value already: nothing to say about it.
+    assert warnings == [
+        f'blackhole: warning: --mode=accept is overridden by mode="offline" in {conf}']

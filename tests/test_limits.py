@@ -1,6 +1,7 @@
 """Hostile input over loopback: long lines, endless lines, bad bytes, too many errors, idling."""
 
 import asyncio
+import select
 import smtplib
 import socket
 import struct
@@ -9,6 +10,14 @@ import time
 import pytest
 
 from tests.conftest import HOST, Client, in_thread
+
+
+async def until(check, seconds=10):
+    """Let the server's loop run until ``check()`` is true."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 @pytest.mark.gen_test
@@ -142,8 +151,10 @@ async def test_a_timeout_that_meets_a_reset_connection_harms_no_one_else(smtp_se
     """The 421 is written to a connection the client reset before the loop saw it."""
     server, port = smtp_server(timeout=1)
     reset = socket.create_connection((HOST, port), timeout=5)
-    await asyncio.sleep(0.2)  # the server's loop accepts and greets meanwhile
+    reset.setblocking(False)  # a blocking recv here would stop the very loop that greets
+    await until(lambda: select.select([reset], [], [], 0)[0])
     assert reset.recv(100).startswith(b"220 ")
+    reset.setblocking(True)
     (state,) = server.sessions
     reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     reset.close()  # an RST, which the server's loop has not polled for yet
@@ -164,8 +175,8 @@ async def test_non_ascii_lookalike_verbs_are_unknown(connect, verb):
 
 
 @pytest.mark.gen_test
-async def test_connections_over_the_cap_get_421(serve, connect):
-    port = serve(max_connections=2)
+async def test_connections_over_the_cap_get_421(smtp_server, connect):
+    server, port = smtp_server(max_connections=2)
     first, second = await connect(port), await connect(port)
     refused = await Client.connect(port)
     assert refused.greeting == (421, "4.3.2 Too many connections, try again later")
@@ -173,7 +184,7 @@ async def test_connections_over_the_cap_get_421(serve, connect):
     assert (await first.command("NOOP"))[0] == 250
     await second.command("QUIT")
     await second.closed()
-    await asyncio.sleep(0.1)
+    await until(lambda: len(server.sessions) < 2)  # the server has seen it go
     assert (await connect(port)).greeting[0] == 220
 
 

@@ -1,10 +1,15 @@
 """The log file of a real process: the 1.x format, debug lines, and silence without --debug."""
 
+import os
 import re
 import signal
 import smtplib
+import subprocess
+import sys
+import time
 
-from tests.conftest import HOST
+from blackhole.process import workers_of
+from tests.conftest import HOST, free_port, stop_by_pid, wait_for_port
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - (.*)$")
 
@@ -26,8 +31,10 @@ def test_debug_logs_every_line_with_a_connection_id(daemon, tmp_path):
     session(port)
     messages = [LINE.match(line).group(1) for line in stopped_log(process, tmp_path)]
     # The last connection is ours (the first was the fixture's readiness probe).
-    opened = len(messages) - 1 - messages[::-1].index("Connection from '127.0.0.1'")
-    first = re.match(r"\[([0-9A-F]{10})\] SEND: 220 ", messages[opened + 1]).group(1)
+    connections = [re.fullmatch(r"\[([0-9A-F]{10})\] Connection from '127\.0\.0\.1'", m)
+                   for m in messages]
+    first = [match for match in connections if match][-1].group(1)
+    assert any(m.startswith(f"[{first}] SEND: 220 ") for m in messages)
     for expected in ("RECV: mail FROM:<a@example.com> size=", "SEND: 250 2.1.0 OK",
                      "RECV: Subject: logged", "RECV: body line", "RECV: .",
                      "SEND: 354 Start mail input; end with <CRLF>.<CRLF>"):
@@ -59,3 +66,28 @@ def test_without_debug_nothing_is_logged_per_message(daemon, tmp_path):
         r"Stopped$")]
     assert [m for m in messages if not any(n.match(m) for n in notices)] == []
     assert "Stopping" in messages and messages[-1] == "Stopped"
+
+
+def test_run_logs_to_stderr_and_opens_no_file_unless_given_one():
+    """A log file another account left (1.x's /tmp/blackhole.log) can never stop ``run``."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "blackhole", f"--host={HOST}", f"--port={port}", "--ssl=False",
+         "--workers=2", "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, process)
+        deadline = time.monotonic() + 10
+        while len(workers_of(process.pid)) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for pid in [process.pid, *workers_of(process.pid)]:
+            files = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            # Only the metrics counts (a file per worker) and /dev/null, never a log.
+            assert [f for f in files if f.startswith("/") and not f.startswith("/dev/")
+                    and "/blackhole-counts-" not in f] == [], pid
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        stop_by_pid(process)
+    assert LINE.match(stderr.splitlines()[0])
+    assert f"Listening on {HOST}:{port}, mode accept" in stderr

@@ -5,6 +5,7 @@ import os
 import signal
 import smtplib
 import socket
+import time
 
 import pytest
 
@@ -48,5 +49,9 @@ def test_workers_use_uvloop_when_installed_else_asyncio(daemon, tmp_path, instal
     process, port = daemon(env=env)
     with smtplib.SMTP(HOST, port, timeout=10) as smtp:
         assert smtp.sendmail("a@example.com", ["b@example.com"], "Subject: loop\r\n\r\nhi") == {}
-    assert (" serving on uvloop " if installed else " serving on asyncio\n") in (
-        tmp_path / "blackhole.log").read_text()
+    expected = " serving on uvloop " if installed else " serving on asyncio\n"
+    log = tmp_path / "blackhole.log"
+    deadline = time.monotonic() + 10  # a thread writes the worker's log
+    while expected not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
