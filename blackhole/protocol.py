@@ -21,6 +21,7 @@ MAX_ERRORS = 10  # bad commands before 421 and close
 MAX_BATCH = 256  # replies owed at once; the rest of the input waits its turn
 MAX_DATA_LINE = 1000  # octets with the line ending (RFC 5321 4.5.3.1.6)
 MAX_AUTH_LINE = 12288  # octets of an AUTH response (RFC 4954 4)
+MAX_HEADER_LINES = 1000  # header lines read for switches; the rest is body to us
 _SWITCHES = {b"x-blackhole-mode": "mode", b"x-blackhole-delay": "delay"}
 # The first octet a switch's header line can have, in either case.
 _SWITCH_INITIALS = frozenset(name[0] for key in _SWITCHES for name in (key, key.upper()))
@@ -41,7 +42,7 @@ class Session:
         "starttls_offered", "secure", "tls_pending", "authenticated", "bdat",
         "binarymime", "_out", "_consume", "_unread", "_discarding", "_tail",
         "_size", "_dots", "_line", "_long_line", "_debug_line", "_switches",
-        "_header_line", "_folding", "_chunk_left", "_chunk_reply", "_chunk_refused", "_auth",
+        "_header_line", "_folding", "_header_lines", "_chunk_left", "_chunk_reply", "_chunk_refused", "_auth",
         "_counts",
     )
 
@@ -307,6 +308,7 @@ class Session:
         """Read the header section for switches, unless --dynamic_switch=False."""
         self._switches = {}
         self._folding = None  # a switch whose value may go on in folded lines
+        self._header_lines = MAX_HEADER_LINES
         self._header_line = b"" if self.settings.dynamic_switch else None
 
     def _scan_headers(self, data, pos, stop):
@@ -314,7 +316,9 @@ class Session:
 
         A line is judged by its first MAX_DATA_LINE octets less one CR before
         the LF, however the reads split it; only that much of a partial line
-        is kept between reads.
+        is kept between reads, or of a switch's folded value.  Only the first
+        MAX_HEADER_LINES lines are read, so a message that never ends its
+        header section costs no more than that.
         """
         while True:
             newline = data.find(b"\n", pos, stop)
@@ -323,6 +327,11 @@ class Session:
                 self._header_line = kept + data[pos : min(stop, pos + MAX_DATA_LINE - len(kept))]
                 return
             start, pos = pos, newline + 1
+            self._header_lines -= 1
+            if not self._header_lines:  # enough: switches come early or not at all
+                self._unfolded()
+                self._header_line = None
+                return
             kept = self._header_line
             if kept:
                 self._header_line = b""
@@ -337,8 +346,9 @@ class Session:
             if line[:1] in (b" ", b"\t"):
                 # A folded line continues the header before it (RFC 5322
                 # 2.2.3): part of a switch's value, never a switch itself.
-                if self._folding is not None:
-                    self._folding = (self._folding[0], self._folding[1] + line)
+                folding = self._folding
+                if folding is not None and len(folding[1]) < MAX_DATA_LINE:
+                    self._folding = (folding[0], folding[1] + line)
                 continue
             self._unfolded()
             if not line:  # the end of the header section (RFC 5322 2.1)

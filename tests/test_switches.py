@@ -119,3 +119,20 @@ def test_a_long_switch_line_is_judged_by_its_first_octets_in_any_split():
             b"BDAT %d LAST\r\n" % len(content) + content)
     for cut in range(1, len(data), 13):
         assert end_of_data([data[:cut], data[cut:]])[0] == 250, cut
+
+
+@pytest.mark.parametrize("before, code", [(998, 521), (999, 250)])
+def test_only_the_first_thousand_header_lines_are_read(before, code):
+    headers = b"Received: from a.example\r\n" * before + b"X-Blackhole-Mode: offline\r\n"
+    assert end_of_data([ENVELOPE + headers + b"\r\nbody\r\n.\r\n"])[0] == code
+
+
+def test_a_folded_switch_value_is_kept_to_a_thousand_octets():
+    # Each folded line would otherwise copy the whole value so far: a flood of
+    # them cost minutes of a worker's time, quadratically.
+    def message(folds):
+        return (ENVELOPE + b"X-Blackhole-Mode:" + (b"\r\n" + b" " * 10) * folds
+                + b"\r\n\toffline\r\n\r\n.\r\n")
+
+    assert end_of_data([message(50)])[0] == 521  # 500 octets of value, then the mode
+    assert end_of_data([message(101)])[0] == 250  # 1010 octets: the rest is not kept
