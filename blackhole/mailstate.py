@@ -284,6 +284,10 @@ class MailState:
             raise StreamClosedError() from None
         finally:
             self._handshake = None
+        if self.sessions is None:
+            # Closed (timed out, or made room) as the handshake completed:
+            # cancelling a done future closed nothing, so the new stream is ours.
+            raise StreamClosedError()
         self.idle_since = None
         metrics.tls_started(self.stream.socket.version())
         if self.session.ident:

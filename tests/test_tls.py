@@ -16,8 +16,9 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
+from tornado.iostream import IOStream
 
-from blackhole import metrics, tls
+from blackhole import metrics, replies, tls
 from tests.conftest import HOST, blackhole, free_port, in_thread, insecure_context
 from tests.test_commands import expected_mailname
 
@@ -408,3 +409,28 @@ async def test_a_client_reset_before_the_handshake_is_one_counted_failure(
             return smtp.noop()[0]
 
     assert await in_thread(session) == 250
+
+
+@pytest.mark.gen_test
+async def test_a_session_closed_as_its_handshake_completes_stays_closed(
+        smtp_server, context, client_context, monkeypatch):
+    """The idle sweep or make_room may close a session between the handshake's
+    end and the moment its task resumes: it must not come back to life."""
+    server, smtps = smtp_server(tls=context, implicit=True)
+    start_tls = IOStream.start_tls
+
+    def closed_on_completion(stream, *args, **kwargs):
+        handshake = start_tls(stream, *args, **kwargs)
+        handshake.add_done_callback(
+            lambda _: [state.expire(replies.TIMEOUT) for state in list(server.sessions)])
+        return handshake
+
+    monkeypatch.setattr(IOStream, "start_tls", closed_on_completion)
+
+    def session():
+        with socket.create_connection((HOST, smtps), timeout=10) as raw:
+            with client_context.wrap_socket(raw, server_hostname=HOST) as sock:
+                return sock.recv(100)
+
+    assert await in_thread(session) == b""
+    assert not server.sessions
