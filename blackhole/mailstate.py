@@ -25,14 +25,14 @@ from blackhole.replies import Reply
 log = logging.getLogger("blackhole")
 
 READ_SIZE = 65536  # bytes asked of the stream at once; every complete line is parsed
-MIN_DATA_RATE = 500  # octets a second that message data must keep up under pressure
+MIN_DATA_RATE = 500  # octets a second a client must keep up under pressure
 
 
 class MailState:
     """Serve one SMTP connection: greet, read, answer in batches, time out."""
 
     __slots__ = ("stream", "address", "settings", "tls", "session", "sessions", "_loop",
-                 "_opened", "idle_since", "_reading", "_stopping", "_handshake", "_fd",
+                 "_opened", "idle_since", "_messages", "_reading", "_stopping", "_handshake", "_fd",
                  "_task")
 
     def __init__(self, stream, address, settings, policy, tls=None, implicit=False):
@@ -51,6 +51,7 @@ class MailState:
         # counts as the client doing something (RFC 5321 4.5.3.2). The idle
         # sweep reads it, and at the cap it picks whom to make room for.
         self.idle_since = None
+        self._messages = 0  # the session's count when the clock last restarted
         self._reading = False
         self._stopping = False
         # While served by the loop's read callback: the socket's descriptor,
@@ -99,14 +100,15 @@ class MailState:
             log.exception("Session with %s failed", self.address[0])
             self.close()
             return
+        restart = (out or session.in_data) and self._active(len(data))
         if session.backlog or session.tls_pending or self._stopping:
-            self._hand_over(self._answer, out)
+            self._hand_over(self._answer, (out, restart))
             return
         if out:
             chunks = []
             for item in out:
                 if item.__class__ is not Reply:  # a delay
-                    self._hand_over(self._answer, out)
+                    self._hand_over(self._answer, (out, restart))
                     return
                 chunks.append(item.wire)
             if session.ident:
@@ -116,22 +118,27 @@ class MailState:
             if session.closing:
                 self.close()
                 return
-        if out:
+        if restart:
             self.idle_since = self._loop.time()
-        elif session.in_data:
-            self._data_came(len(data))
 
-    def _data_came(self, octets):
-        """Message data is activity, but under pressure only by its volume: each
-        octet buys 1/MIN_DATA_RATE seconds, so a client that trickles data cannot
-        hold a connection others need (Postfix's smtpd_min_data_rate, under stress).
+    def _active(self, octets):
+        """Whether a read that gave replies or message data restarts the idle
+        clock: a whole command or data is activity (RFC 5321 4.5.3.2).
+
+        Under pressure only progress is: a message completed, or ``octets``
+        buying 1/MIN_DATA_RATE seconds each (Postfix's smtpd_min_data_rate
+        under stress), so a client that trickles data or keeps sending NOOP
+        cannot hold a connection that others need.
         """
-        now = self._loop.time()
-        since, sessions = self.idle_since, self.sessions
+        session, sessions = self.session, self.sessions
+        if session.messages != self._messages:
+            self._messages = session.messages
+            return True
+        since = self.idle_since
         if since is None or sessions is None or len(sessions) < sessions.pressure:
-            self.idle_since = now
-        else:
-            self.idle_since = min(now, since + octets / MIN_DATA_RATE)
+            return True
+        self.idle_since = min(self._loop.time(), since + octets / MIN_DATA_RATE)
+        return False
 
     def _send_direct(self, data):
         """Send from the direct path, where Tornado has nothing queued.
@@ -183,7 +190,8 @@ class MailState:
                     self._reading = True
                     data = await self.stream.read_bytes(READ_SIZE, partial=True)
                     self._reading = False
-                await self._answer(session.receive(data), len(data))
+                out = session.receive(data)
+                await self._answer((out, (out or session.in_data) and self._active(len(data))))
         except StreamClosedError:
             pass  # the client went away, or the session was closed
         except Exception:
@@ -197,14 +205,16 @@ class MailState:
         metrics.replied(self.settings.greeting)
         await self._write([self.settings.greeting.wire])
 
-    async def _answer(self, out, octets=0):
-        """Act on what one receive() of ``octets`` returned."""
+    async def _answer(self, answer):
+        """Act on what one receive() returned, and whether it restarts the idle clock."""
+        out, restart = answer
         session = self.session
         if out:
-            self.idle_since = None
+            since, self.idle_since = self.idle_since, None  # delays and writes are ours
             await self._send(out)
-        elif session.in_data:
-            self._data_came(octets)
+            self.idle_since = None if restart else since
+        elif restart:
+            self.idle_since = None  # the loop restarts the clock before it reads
         if session.tls_pending:
             await self._start_tls()
             session.tls_started()

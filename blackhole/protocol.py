@@ -42,8 +42,8 @@ class Session:
         "starttls_offered", "secure", "tls_pending", "authenticated", "bdat",
         "binarymime", "_out", "_consume", "_unread", "_discarding", "_tail",
         "_size", "_dots", "_line", "_long_line", "_debug_line", "_switches",
-        "_header_line", "_folding", "_header_lines", "_chunk_left", "_chunk_reply", "_chunk_refused", "_auth",
-        "_counts",
+        "_header_line", "_folding", "_header_lines", "_chunk_left", "_chunk_reply",
+        "_chunk_refused", "_auth", "_counts", "messages",
     )
 
     def __init__(self, settings, policy, starttls=False, secure=False):
@@ -65,6 +65,7 @@ class Session:
         self.in_data = False  # message data is streaming in (DATA or a BDAT chunk)
         self.backlog = False  # input is left over: call receive(b"") before reading
         self.message_size = 0  # of the last message, after dot-unstuffing
+        self.messages = 0  # messages whose end has been answered
         self._out = []
         self._counts = metrics.counts
         self._consume = self._commands
@@ -422,6 +423,7 @@ class Session:
         elif limit and self._size > limit:
             # RFC 3030 2: the transaction fails; later chunks are refused.
             self.phase = Phase.GREETED
+            self.messages += 1
             self._counts[MESSAGE - 200 + replies.SIZE_EXCEEDED.code] += 1
             self._counts[MESSAGE_BYTES] += self._size
             self._answer(replies.SIZE_EXCEEDED)
@@ -468,6 +470,7 @@ class Session:
         self._consume = self._commands
         self.phase = Phase.GREETED
         self.message_size = size
+        self.messages += 1
         limit = self.settings.message_size_limit
         pause = None
         if limit and size > limit:

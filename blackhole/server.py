@@ -175,7 +175,10 @@ class Sessions(set):
             stale.sort(key=lambda state: state.idle_since, reverse=True)
             self._stale = stale
         finally:
-            self._sweeper = loop.call_later(self._tick, self._sweep) if self else None
+            if self:
+                self._sweeper = loop.call_later(self._tick, self._sweep)
+            else:
+                self._sweeper, self._stale = None, []
 
 
 class SMTPServer(Accepting, TCPServer):

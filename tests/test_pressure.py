@@ -46,6 +46,47 @@ async def test_under_pressure_trickled_data_does_not_hold_off_the_timeout(serve)
 
 
 @pytest.mark.gen_test(timeout=20)
+async def test_under_pressure_noop_does_not_hold_off_the_timeout(serve):
+    port = serve(timeout=2, max_connections=4)
+    clients = [await Client.connect(port) for _ in range(3)]
+
+    async def noop_until_closed(client):
+        started = time.monotonic()
+        while True:
+            reply = await client.command("NOOP")
+            if reply[0] != 250:
+                return reply, time.monotonic() - started
+            await asyncio.sleep(0.25)
+
+    for reply, waited in await asyncio.gather(*map(noop_until_closed, clients)):
+        assert reply == (421, "4.4.2 Error: timeout exceeded, closing connection")
+        assert 1.5 < waited < 4
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_at_the_cap_the_stalest_client_makes_room(serve):
+    port = serve(timeout=60, max_connections=2)
+    stalest = await Client.connect(port)
+    await asyncio.sleep(0.5)
+    stale = await Client.connect(port)
+    await asyncio.sleep(1.6)  # both idle over a second, and the sweep has listed them
+    newcomer = await Client.connect(port)
+    assert newcomer.greeting[0] == 220
+    assert await stalest.reply() == (
+        421, "4.4.2 Too busy to wait for an idle client, closing connection")
+    assert await stalest.closed()
+    # A NOOP is no progress: the next newcomer takes the other stale one's place.
+    assert await stale.command("NOOP") == (250, "2.0.0 OK")
+    second = await Client.connect(port)
+    assert second.greeting[0] == 220
+    assert (await stale.reply())[0] == 421
+    refused = await Client.connect(port)  # no one has kept us waiting a second
+    assert refused.greeting == (421, "4.3.2 Too many connections, try again later")
+    for client in (stale, newcomer, second, refused):
+        client.close()
+
+
+@pytest.mark.gen_test(timeout=20)
 async def test_without_pressure_trickled_data_is_activity(serve):
     trickler = await Client.connect(serve(timeout=1, max_connections=100))
     await trickler.command("EHLO a.example")
@@ -58,7 +99,7 @@ async def test_without_pressure_trickled_data_is_activity(serve):
     trickler.close()
 
 
-async def trickler(port, stop, holding):
+async def trickler(port, stop, holding, evicted):
     """A hostile client: DATA, then an octet every 2 s; back 1 s after any close."""
     while not stop.is_set():
         writer = None
@@ -69,12 +110,14 @@ async def trickler(port, stop, holding):
                 while not (await reader.readline()).startswith(b"354"):
                     pass
                 holding.add(writer)
-                while not stop.is_set():
+                answer = asyncio.ensure_future(reader.readline())
+                while not (stop.is_set() or answer.done()):
                     writer.write(b"x")
-                    if await asyncio.wait_for(reader.read(100), 2) is not None:
-                        break  # 421, or closed
-        except asyncio.TimeoutError:
-            pass
+                    await asyncio.wait([answer], timeout=2)
+                if answer.done():
+                    evicted.append(answer.result())  # a 421, or the close
+                else:
+                    answer.cancel()
         except OSError:
             pass  # refused or reset: try again, as an attacker would
         finally:
@@ -101,8 +144,9 @@ def test_tricklers_cannot_lock_out_an_honest_client(daemon):
     _, port = daemon("--workers=1", "--ssl=False", "--timeout=60", files=160)
 
     async def attack_and_deliver():
-        stop, holding = asyncio.Event(), set()
-        attackers = [asyncio.ensure_future(trickler(port, stop, holding)) for _ in range(200)]
+        stop, holding, evicted = asyncio.Event(), set(), []
+        attackers = [asyncio.ensure_future(trickler(port, stop, holding, evicted))
+                     for _ in range(200)]
         await asyncio.sleep(3)  # the server is full of tricklers
         full = len(holding)
         started = time.monotonic()
@@ -112,16 +156,17 @@ def test_tricklers_cannot_lock_out_an_honest_client(daemon):
         still_holding = len(holding)
         stop.set()
         await asyncio.wait(attackers, timeout=5)
-        return full, refused, served_in, still_holding
+        return full, refused, served_in, still_holding, evicted
 
     loop = asyncio.new_event_loop()  # not asyncio.run, which unsets the tests' loop
     try:
-        full, refused, served_in, still_holding = loop.run_until_complete(attack_and_deliver())
+        full, refused, served_in, still_holding, evicted = loop.run_until_complete(
+            attack_and_deliver())
     finally:
         loop.close()
-    # The attack went on throughout: some are always evicted and coming back.
-    assert full > 50 and still_holding > 50
+    assert full > 100 and still_holding > 100  # the server was full throughout
     assert refused == {} and served_in < 10
+    assert b"421 4.4.2 Too busy to wait for an idle client, closing connection\r\n" in evicted
 
 
 def worker_of(process, port):
