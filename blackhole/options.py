@@ -115,6 +115,7 @@ def _apply_flag(parser, flag):
 
 
 _ASSIGNMENT = re.compile(r"([A-Za-z_]\w*)(\s*)=(\s*)(.*)")
+_PLAIN_STRING = re.compile(r'"[^"\\$`]*"|\'[^\'\\]*\'')  # read alike by Python and sh
 _NOT_VALUE = (tokenize.COMMENT, tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
 _UNSET = object()
 
@@ -126,7 +127,8 @@ def read_config(path):
     the init script's shell read it; nothing in the file is ever run.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO would block the open; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise BlackholeError(f"Config file '{path}' does not exist") from None
     except OSError as error:
@@ -180,6 +182,10 @@ def _literal(where, name, text):
     kind = TYPES[name]
     if value is None and name in _OPTIONAL:
         return value, written
+    if isinstance(value, str) and not _PLAIN_STRING.fullmatch(written):
+        raise BlackholeError(f"{where}: {name}: write a plain quoted string, which the init "
+                             f"script's shell reads alike (no prefix, escape or $): {name}="
+                             f"{written}")
     if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
         return value, written
     quoted = any(token.type == tokenize.STRING for token in tokens)

@@ -106,10 +106,27 @@ def test_the_shipped_example_is_valid(tmp_path):
     ('mode="a" "b"\n', 'line 1: mode: must be a string, not "a" "b"'),
     ('conf="/etc/other.conf"\n', "line 1: conf: a config file cannot name another"),
     ("if True: port=25\n", "line 1: expected name=value, not: if True: port=25"),
+    # Python and the init script's shell must read a string alike.
+    ('pid=r"/x"\n', "line 1: pid: write a plain quoted string, which the init script's "
+                    'shell reads alike (no prefix, escape or $): pid=r"/x"'),
+    ('pid="/run/\\t.pid"\n', "line 1: pid: write a plain quoted string, which the init "
+                            "script's shell reads alike (no prefix, escape or $): "
+                            'pid="/run/\\t.pid"'),
+    ('pid="$HOME/b.pid"\n', "line 1: pid: write a plain quoted string, which the init "
+                           "script's shell reads alike (no prefix, escape or $): "
+                           'pid="$HOME/b.pid"'),
+    ('pid="""/x"""\n', "line 1: pid: write a plain quoted string, which the init script's "
+                      'shell reads alike (no prefix, escape or $): pid="""/x"""'),
 ])
 def test_a_bad_line_is_one_line_in_the_files_terms(tmp_path, text, message):
     conf = write_conf(tmp_path, text)
     assert one_line(status(conf)) == f"blackhole: {conf}, {message}"
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    os.mkfifo(tmp_path / "fifo.conf")
+    assert one_line(status(tmp_path / "fifo.conf")) == (
+        f"blackhole: Config file '{tmp_path / 'fifo.conf'}' is not a file")
 
 
 def test_a_missing_config_file_is_an_error(tmp_path):
