@@ -100,7 +100,9 @@ class MailState:
             log.exception("Session with %s failed", self.address[0])
             self.close()
             return
-        restart = (out or session.in_data) and self._active(len(data))
+        sessions = self.sessions
+        restart = (out or session.in_data) and (
+            len(sessions) < sessions.pressure or self._active(len(data)))
         if session.backlog or session.tls_pending or self._stopping:
             self._hand_over(self._answer, (out, restart))
             return
