@@ -96,20 +96,18 @@ class Rule(NamedTuple):
     answer: object  # the Reply for a code, DROP, HANG, or None (the normal reply)
 
 
+_NAMED = {"drop": DROP, "hang": HANG, "ok": None}  # the actions that are no code
+
+
 def _answer(stage, action):
-    if action == "ok":
-        return None
-    if action == "drop":
-        return DROP
-    if action == "hang":
-        return HANG
-    return replies.refusal(stage.name.lower(), action)
+    """What an action answers with: a Reply for a code, DROP, HANG, or None (ok)."""
+    return _NAMED[action] if action in _NAMED else replies.refusal(stage.name.lower(), action)
 
 
 def _action(text):
     """A rule's or tag's action: an int code, "drop", "hang" or "ok"; ValueError if not."""
     word = text.lower()
-    if word in ("drop", "hang", "ok"):
+    if word in _NAMED:
         return word
     if text.isascii() and text.isdigit():
         if len(text) != 3 or text[0] not in "45":
@@ -161,11 +159,11 @@ def parse_rule(token):
             elif equals and name.lower() == "delay":
                 if delay is not None:
                     raise ValueError("the delay is given twice")
-                bounds = value.split("-")
-                if (len(bounds) > 2 or not all(map(_NUMBER.fullmatch, bounds))
-                        or float(bounds[0]) > float(bounds[-1])):
-                    raise ValueError(f"bad delay '{value}': N or MIN-MAX seconds, MIN <= MAX")
-                delay = _seconds((float(bounds[0]), float(bounds[-1])))
+                try:
+                    delay = _seconds(delay_range(value))
+                except ValueError:
+                    raise ValueError(f"bad delay '{value}': N or MIN-MAX seconds, "
+                                     "MIN <= MAX") from None
             else:
                 raise ValueError(f"unknown modifier '{modifier}': N% or delay=N|MIN-MAX")
     except ValueError as error:
