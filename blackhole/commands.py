@@ -331,7 +331,8 @@ def etrn(session, arg):
     """RFC 1985: nothing is ever queued, so this is always done at once."""
     if not arg:
         return replies.SYNTAX_ETRN
-    return session.decide(Stage.ETRN) or Reply(250, f"Queuing for node {arg} started", enhanced="2.0.0")
+    return session.decide(Stage.ETRN) or Reply(250, f"Queuing for node {arg} started",
+                                                 enhanced="2.0.0")
 
 
 def starttls(session, arg):
