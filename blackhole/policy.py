@@ -235,7 +235,8 @@ class Policy:
 
         ``requested`` is the message's own tag for ``stage``: it wins over the
         rules. Rules are tried in order, each drawing its odds; the first that
-        fires decides. (Capacity limits, when they come, are checked first.)
+        fires decides. Capacity limits (issue 13, section 4) belong first,
+        before ``requested``: no tag or rule lets a client past them.
         """
         if requested is not None:
             return requested

@@ -148,7 +148,7 @@ class Session:
         if tag is None and self._tags is not None:
             tag = self._tags.get(stage)
         if tag is None and not self._rules[stage]:
-            return None  # the common case: nothing to ask
+            return None  # the common case: nothing to ask (a limit must make it ask)
         fault = self.policy.decide(stage, tag)
         if fault is None:
             return None
