@@ -287,7 +287,8 @@ class Session:
         return data[pos:newline], newline + 1
 
     def _too_long(self):
-        self._consume = self._commands  # an AUTH exchange ends there too
+        if self._consume == self._auth_line:
+            self._consume = self._commands  # an AUTH exchange ends there too
         self._answer(replies.LINE_TOO_LONG)
 
     def _commands(self, data, pos):

@@ -136,6 +136,8 @@ async def test_a_greeting_that_refuses_serves_only_quit(serve, connect):
     assert client.greeting == (554, "No SMTP service here")
     for line in (EHLO, MAIL, "AUTH PLAIN AGEAYg==", "QUIT now", "BDAT 4"):
         assert await client.command(line) == (503, "5.5.1 No SMTP service here: only QUIT")
+    assert (await client.command("X" * 13000))[0] == 500  # too long, and no way out
+    assert (await client.command(EHLO))[0] == 503
     assert await client.command("QUIT") == (221, "2.0.0 Thank you for speaking to me")
     assert await client.closed()
 
