@@ -15,7 +15,7 @@ from array import array
 from tornado.web import Application, RequestHandler
 
 from blackhole.commands import COMMANDS
-from blackhole.policy import Stage
+from blackhole.policy import STAGE_NAMES
 
 # Slots: every counter and histogram bucket has a fixed place.
 VERBS = (*sorted(COMMANDS), "other")
@@ -30,7 +30,7 @@ MESSAGE = REPLY + 400  # + code - 200: messages by their end-of-data reply
 TLS = MESSAGE + 400  # + index in TLS_VERSIONS
 DURATION = TLS + len(TLS_VERSIONS)  # + bucket index, the last one +Inf
 FAULTS = DURATION + len(DURATION_BUCKETS) + 1  # + stage * len(FAULT_ACTIONS) + action index
-SLOTS = FAULTS + len(Stage) * len(FAULT_ACTIONS)
+SLOTS = FAULTS + len(STAGE_NAMES) * len(FAULT_ACTIONS)
 
 VERB_SLOTS = {verb: COMMAND + index for index, verb in enumerate(VERBS)}
 OTHER_VERB = VERB_SLOTS["other"]
@@ -162,9 +162,10 @@ def exposition(directory, healthy=True):
            [("", values[TLS_FAILED])])
     family("faults_total", "counter",
            "Replies decided by a rule, an address tag or a limit, by stage and action.",
-           [(f'{{stage="{stage.name.lower()}",action="{action}"}}',
+           [(f'{{stage="{name}",action="{action}"}}',
              values[FAULTS + stage * len(FAULT_ACTIONS) + index])
-            for stage in Stage for index, action in enumerate(FAULT_ACTIONS)
+            for stage, name in enumerate(STAGE_NAMES)
+            for index, action in enumerate(FAULT_ACTIONS)
             if values[FAULTS + stage * len(FAULT_ACTIONS) + index]])
     family("delays_total", "counter", "Delays applied before replies.", [("", values[DELAYS])])
     family("delay_seconds_total", "counter", "Seconds of delay applied.",

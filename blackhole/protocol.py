@@ -143,7 +143,7 @@ class Session:
         to give instead, and the command must have no effect. ``tag``: the
         command's own address's; otherwise the transaction's tags count.
         """
-        if tag is not None and tag.stage is not stage:
+        if tag is not None and tag.stage != stage:
             tag = None  # it asks for a stage it does not stand at: ignored
         if tag is None and self._tags is not None:
             tag = self._tags.get(stage)
