@@ -53,6 +53,7 @@ class Stage:
     (CONNECT, HELO, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, BDAT, EOD,
      RSET, NOOP, VRFY, EXPN, ETRN, HELP, QUIT) = range(len(STAGE_NAMES))
 
+
 # Where an address's tag applies besides its own command (MAIL, RCPT): a
 # sender's to every recipient and the data, a recipient's to the data.
 TRANSACTION_STAGES = frozenset((Stage.DATA, Stage.BDAT, Stage.EOD))
