@@ -1,7 +1,10 @@
 """The command table: every SMTP verb, its RFC 5321 rules as data, and its handler.
 
 A handler takes the session and the argument text and returns a Reply; the
-session checks the row's rules (phase, line length) before calling it.
+session checks the row's rules (phase, line length) before calling it. Once
+the command is found valid, the handler asks ``session.decide`` whether a
+rule or tag answers instead (a Reply, or DROP or HANG); if so, the command
+has no effect (issue 13, section 1).
 """
 
 import enum
@@ -9,6 +12,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping, NamedTuple
 
 from blackhole import auth, replies, syntax
+from blackhole.policy import Stage
 from blackhole.replies import Reply
 
 # EXPN's test mailing lists (RFC 5321 3.5.2).
@@ -83,6 +87,8 @@ def helo(session, arg):
     """RFC 5321 4.1.1.1."""
     if not syntax.is_helo_domain(arg):
         return replies.SYNTAX_HELO
+    if refusal := session.decide(Stage.HELO):
+        return refusal  # no greeting: MAIL still needs one
     session.greet(extended=False)
     return session.settings.helo
 
@@ -91,6 +97,8 @@ def ehlo(session, arg):
     """RFC 5321 4.1.1.1; the keywords come from ehlo_keywords()."""
     if not syntax.is_helo_domain(arg):
         return replies.SYNTAX_HELO
+    if refusal := session.decide(Stage.EHLO):
+        return refusal
     session.greet(extended=True)
     settings = session.settings
     return settings.ehlo_starttls if session.starttls_offered else settings.ehlo
@@ -193,7 +201,10 @@ def mail(session, arg):
     utf8 = "SMTPUTF8" in params
     if not (utf8 or mailbox.isascii()):
         return replies.UTF8_NOT_DECLARED
-    session.begin_transaction(utf8, (params.get("BODY") or "").upper() == "BINARYMIME")
+    tag = session.tag(mailbox)
+    if refusal := session.decide(Stage.MAIL, tag):
+        return refusal
+    session.begin_transaction(utf8, (params.get("BODY") or "").upper() == "BINARYMIME", tag)
     return replies.SENDER_OK
 
 
@@ -206,7 +217,10 @@ def rcpt(session, arg):
         return replies.UTF8_NOT_DECLARED
     if session.recipients >= session.settings.max_recipients:
         return replies.TOO_MANY_RECIPIENTS  # RFC 5321 4.5.3.1.10
-    session.add_recipient()
+    tag = session.tag(mailbox)
+    if refusal := session.decide(Stage.RCPT, tag):
+        return refusal
+    session.add_recipient(tag)
     return replies.RECIPIENT_OK
 
 
@@ -217,6 +231,8 @@ def data(session, arg):
         return replies.DATA_AFTER_BDAT  # RFC 3030 2: one or the other
     if session.binarymime:
         return replies.BINARYMIME_NEEDS_BDAT  # RFC 3030 3
+    if refusal := session.decide(Stage.DATA):
+        return refusal  # no message follows
     session.start_data()
     return replies.START_DATA
 
@@ -226,12 +242,18 @@ _BDAT_REFUSALS = {Phase.CONNECTED: replies.NEED_HELO, Phase.GREETED: replies.BDA
 
 
 def bdat(session, arg):
-    """RFC 3030 2: ``BDAT size [LAST]``; the chunk is read even when refused."""
+    """RFC 3030 2: ``BDAT size [LAST]``; the chunk is read even when refused.
+
+    The LAST chunk's answer is the end of data's; any other is decided here
+    and given once the chunk is in: a refused chunk adds nothing to the message.
+    """
     size, _, last = arg.partition(" ")
     if not (size.isascii() and size.isdigit()) or last.upper() not in ("", "LAST"):
         return replies.SYNTAX_BDAT  # no size to skip: nothing more can be done
     size = int(size)
     refusal = _BDAT_REFUSALS.get(session.phase)
+    if refusal is None and not last:
+        refusal = session.decide(Stage.BDAT)
     if refusal is not None:
         session.start_chunk(size, refusal, refused=True)
     else:
@@ -263,25 +285,29 @@ def auth_(session, arg):
 @_no_argument
 def rset(session, arg):
     """RFC 5321 4.1.1.5; the table's reset does the work."""
+    if refusal := session.decide(Stage.RSET):
+        return refusal  # the transaction stands
     session.renew_ident()
     return replies.OK
 
 
 def noop(session, arg):
     """RFC 5321 4.1.1.9: any argument is ignored."""
-    return replies.OK
+    return session.decide(Stage.NOOP) or replies.OK
 
 
 @_no_argument
 def quit_(session, arg):
-    """RFC 5321 4.1.1.10."""
-    return replies.BYE
+    """RFC 5321 4.1.1.10; refused, the session stays open (unless with 421)."""
+    return session.decide(Stage.QUIT) or replies.BYE
 
 
 def vrfy(session, arg):
     """RFC 5321 3.5.3: ``pass=`` is known, ``fail=`` unknown, the rest 252 as 1.x."""
     if not arg:
         return replies.SYNTAX_VRFY
+    if refusal := session.decide(Stage.VRFY):
+        return refusal
     if "fail=" in arg:
         return Reply(550, f"{arg} unknown", enhanced="5.7.1")
     if "pass=" in arg:
@@ -293,6 +319,8 @@ def expn(session, arg):
     """RFC 5321 3.5.2: the members of a test list (EXPN_LISTS)."""
     if not arg:
         return replies.SYNTAX_EXPN
+    if refusal := session.decide(Stage.EXPN):
+        return refusal
     members = None if "fail=" in arg else EXPN_LISTS.get(arg.lower())
     if members is None:
         return Reply(550, f"{arg} unknown", enhanced="5.1.1")
@@ -303,7 +331,8 @@ def etrn(session, arg):
     """RFC 1985: nothing is ever queued, so this is always done at once."""
     if not arg:
         return replies.SYNTAX_ETRN
-    return Reply(250, f"Queuing for node {arg} started", enhanced="2.0.0")
+    return session.decide(Stage.ETRN) or Reply(250, f"Queuing for node {arg} started",
+                                                 enhanced="2.0.0")
 
 
 def starttls(session, arg):
@@ -314,15 +343,18 @@ def starttls(session, arg):
         return replies.TLS_ACTIVE
     if not session.starttls_offered:
         return replies.TLS_UNAVAILABLE
+    if refusal := session.decide(Stage.STARTTLS):
+        return refusal  # the session stays plain
     session.begin_tls()
     return replies.READY_FOR_TLS
 
 
 def help_(session, arg):
     """RFC 5321 4.1.1.8: the verbs, or one verb's syntax."""
-    if not arg:
-        return _HELP_ALL
-    return _HELP.get(arg.upper(), replies.UNKNOWN_HELP_TOPIC)
+    topic = _HELP.get(arg.upper()) if arg else _HELP_ALL
+    if topic is None:
+        return replies.UNKNOWN_HELP_TOPIC
+    return session.decide(Stage.HELP) or topic
 
 
 

@@ -9,7 +9,8 @@ task or coroutine switch per command, and a session that ends there (QUIT,
 the client leaving) never needs a task at all. What that step cannot finish
 at once (a delay, a reply the socket will not take whole, STARTTLS, a stop)
 hands the connection to a task running the stream loop, ``_serve``, which
-keeps it from then on. The implicit-TLS port starts there.
+keeps it from then on. The implicit-TLS port starts there, and so do a
+rule's delay, DROP and HANG.
 """
 
 import asyncio
@@ -19,6 +20,7 @@ import ssl
 from tornado.iostream import SSLIOStream, StreamClosedError
 
 from blackhole import metrics, replies
+from blackhole.policy import DROP, HANG
 from blackhole.protocol import Session
 from blackhole.replies import Reply
 
@@ -32,8 +34,8 @@ class MailState:
     """Serve one SMTP connection: greet, read, answer in batches, time out."""
 
     __slots__ = ("stream", "address", "settings", "tls", "session", "sessions", "_loop",
-                 "_opened", "idle_since", "_messages", "_reading", "_stopping", "_handshake", "_fd",
-                 "_task")
+                 "_opened", "idle_since", "_messages", "_reading", "_stopping", "_handshake",
+                 "_fd", "_task", "_hang")
 
     def __init__(self, stream, address, settings, policy, tls=None, implicit=False):
         """``tls``: the server SSLContext, offered by STARTTLS or, if ``implicit``, at once."""
@@ -58,6 +60,7 @@ class MailState:
         # kept because Tornado forgets it when it closes the socket.
         self._fd = None
         self._task = None  # the stream loop's task, held here: asyncio holds tasks weakly
+        self._hang = None  # the timer that ends a HANG
 
     def start(self, sessions):
         """Greet and serve, as one of ``sessions`` until the session ends."""
@@ -72,11 +75,14 @@ class MailState:
         if session.secure:
             self._hand_over(self._greet_in_tls, None)
             return
-        greeting = self.settings.greeting
-        metrics.replied(greeting)
+        out = session.connected()
+        if len(out) > 1 or session.closing:  # a connect rule's delay, 421, DROP or HANG
+            self._hand_over(self._answer, (out, True))
+            return
+        greeting = out[0].wire
         if session.ident:
-            self._log_sent([greeting.wire])
-        if not self._send_direct(greeting.wire):
+            self._log_sent([greeting])
+        if not self._send_direct(greeting):
             return
         self._fd = self.stream.socket.fileno()
         loop.add_reader(self._fd, self._on_readable)
@@ -204,8 +210,7 @@ class MailState:
     async def _greet_in_tls(self, _):
         """The implicit-TLS port: the handshake, then the greeting."""
         await self._start_tls()
-        metrics.replied(self.settings.greeting)
-        await self._write([self.settings.greeting.wire])
+        await self._answer((self.session.connected(), True))
 
     async def _answer(self, answer):
         """Act on what one receive() returned, and whether it restarts the idle clock."""
@@ -228,19 +233,33 @@ class MailState:
         self.idle_since = None
 
     async def _send(self, out):
-        """Write the replies of one batch at once, sleeping where a delay says."""
+        """Write the replies of one batch at once, sleeping where a delay says;
+        DROP or HANG, always last, ends the session."""
         pending = []
         for item in out:
             if item.__class__ is Reply:
                 pending.append(item.wire)
+                continue
+            if pending:
+                await self._write(pending)
+                pending = []
+            if item is DROP:
+                self.close()
+            elif item is HANG:
+                await self._hang_up()
             else:
-                if pending:
-                    await self._write(pending)
-                    pending = []
                 metrics.delayed(item)
                 await asyncio.sleep(item)
         if pending:
             await self._write(pending)
+
+    async def _hang_up(self):
+        """Answer nothing more: read and discard until the client leaves, or
+        close silently --timeout seconds from now. Never idle to the sweep."""
+        self.idle_since = None
+        self._hang = self._loop.call_later(self.settings.timeout, self.close)
+        while True:
+            await self.stream.read_bytes(READ_SIZE, partial=True)  # StreamClosedError ends it
 
     async def _write(self, chunks):
         if self.session.ident:
@@ -309,6 +328,8 @@ class MailState:
     def close(self):
         """End the session: close the connection, whatever the state of the TLS switch."""
         self._stop_direct()
+        if self._hang is not None:
+            self._hang.cancel()
         if self._handshake is not None:
             self._handshake.cancel()  # Tornado closes the half-made TLS stream
         elif self.stream is not None and not self.stream.closed():
@@ -328,7 +349,9 @@ class MailState:
     def shutdown(self):
         """The server is stopping: 421 now if waiting for a command, else after this exchange."""
         self._stopping = True
-        if self._reading and not self.session.in_data:
+        if self._hang is not None:
+            self.close()  # a hang says nothing, even now
+        elif self._reading and not self.session.in_data:
             self._close_with(replies.SHUTTING_DOWN)
 
     def check_idle(self, now):

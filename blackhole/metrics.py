@@ -18,11 +18,13 @@ from tornado.httputil import (HTTPHeaders, HTTPMessageDelegate, HTTPServerConnec
 
 from blackhole.commands import COMMANDS
 from blackhole.descriptors import Accepting
+from blackhole.policy import STAGE_NAMES
 
 # Slots: every counter and histogram bucket has a fixed place.
 VERBS = (*sorted(COMMANDS), "other")
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "other")
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300)  # seconds, then +Inf
+FAULT_ACTIONS = (*range(400, 600), "drop", "hang", "ok")  # what a rule, tag or limit can do
 
 (OPENED, CLOSED, LOST, MESSAGE_BYTES, RECIPIENTS, DELAYS, DELAY_US, TLS_FAILED,
  DURATION_US) = range(9)  # LOST: connections that died with their worker
@@ -31,10 +33,12 @@ REPLY = COMMAND + len(VERBS)  # + code - 200
 MESSAGE = REPLY + 400  # + code - 200: messages by their end-of-data reply
 TLS = MESSAGE + 400  # + index in TLS_VERSIONS
 DURATION = TLS + len(TLS_VERSIONS)  # + bucket index, the last one +Inf
-SLOTS = DURATION + len(DURATION_BUCKETS) + 1
+FAULTS = DURATION + len(DURATION_BUCKETS) + 1  # + stage * len(FAULT_ACTIONS) + action index
+SLOTS = FAULTS + len(STAGE_NAMES) * len(FAULT_ACTIONS)
 
 VERB_SLOTS = {verb: COMMAND + index for index, verb in enumerate(VERBS)}
 OTHER_VERB = VERB_SLOTS["other"]
+_FAULT_INDEX = {action: index for index, action in enumerate(FAULT_ACTIONS)}
 
 counts = memoryview(bytearray(SLOTS * 8)).cast("Q")  # this process's; see count_in
 STARTED = time.time()  # when the master started; inherited by the workers
@@ -61,8 +65,13 @@ def count_in(blocks, task):
 
 
 def replied(reply):
-    """Count a reply given outside the session (greeting, last words)."""
+    """Count a reply given outside the session (last words, a connection refused)."""
     counts[REPLY - 200 + reply.code] += 1
+
+
+def fault(stage, action):
+    """Count a rule, tag or limit that decided a reply at ``stage``."""
+    counts[FAULTS + stage * len(FAULT_ACTIONS) + _FAULT_INDEX[action]] += 1
 
 
 def session_ended(seconds):
@@ -145,6 +154,13 @@ def exposition(blocks, healthy=True):
             if values[TLS + i]])
     family("tls_handshake_failures_total", "counter", "TLS handshakes that failed.",
            [("", values[TLS_FAILED])])
+    family("faults_total", "counter",
+           "Replies decided by a rule, an address tag or a limit, by stage and action.",
+           [(f'{{stage="{name}",action="{action}"}}',
+             values[FAULTS + stage * len(FAULT_ACTIONS) + index])
+            for stage, name in enumerate(STAGE_NAMES)
+            for index, action in enumerate(FAULT_ACTIONS)
+            if values[FAULTS + stage * len(FAULT_ACTIONS) + index]])
     family("delays_total", "counter", "Delays applied before replies.", [("", values[DELAYS])])
     family("delay_seconds_total", "counter", "Seconds of delay applied.",
            [("", values[DELAY_US] / 1e6)])

@@ -8,6 +8,7 @@ one BlackholeError line; what is merely surprising becomes a warning.
 import ast
 import io
 import os
+import random
 import re
 import stat
 import tokenize
@@ -17,7 +18,7 @@ from tornado.options import OptionParser
 
 from blackhole.config import Settings
 from blackhole.errors import BlackholeError
-from blackhole.policy import MODES, Policy
+from blackhole.policy import MODES, Policy, parse_rules
 
 START_LOG = "/tmp/blackhole.log"  # start's log file, as in 1.x; run logs to stderr only
 
@@ -40,7 +41,11 @@ OPTIONS = (
     ("Mail", "max_recipients", int, 1000,
      "recipients per message; more get 452"),
     ("Mail", "dynamic_switch", bool, True,
-     "let X-Blackhole-Mode and X-Blackhole-Delay headers steer each message"),
+     "let X-Blackhole-* headers and address tags steer each message"),
+    ("Mail", "rules", str, None,
+     "failures to rehearse: 'STAGE:ACTION[:N%][:delay=N|MIN-MAX], ...'"),
+    ("Mail", "seed", int, None,
+     "seed every random draw (modes, odds, delay ranges) to repeat a run exactly"),
     ("TLS", "ssl", bool, True, "open the implicit-TLS port and offer STARTTLS"),
     ("TLS", "ssl_port", int, 465, "implicit-TLS (SMTPS) port"),
     ("TLS", "ssl_cert", str, None, "PEM certificate (chain)"),
@@ -275,7 +280,8 @@ def parse(args):
 def settings(values):
     """The Settings and Policy a server runs with, from parsed options."""
     try:
-        policy = Policy(values.mode, values.delay)
+        policy = Policy(values.mode, values.delay, parse_rules(values.rules or ""),
+                        random.Random(values.seed))
     except ValueError as error:
         raise BlackholeError(str(error)) from None
     return (

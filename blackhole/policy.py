@@ -1,13 +1,24 @@
-"""The response policy: how a message is answered, apart from how SMTP is spoken.
+"""The response policy: what to answer at every stage, apart from how SMTP is spoken.
 
+Every reply's decision passes ``Policy.decide``: the message's own request
+(an address tag) wins over the rules, and the rules over the defaults: the
+mode at the end of data, the delay before every reply but the greeting.
 A mode is a row of end-of-data reply codes (one is drawn at random); a delay
 is how long to wait before a reply, fixed or drawn from a range. A listener
 may have its own policy; a message may switch mode and delay for itself with
 X-Blackhole-Mode and X-Blackhole-Delay headers.
+
+Every draw (a mode's code, a rule's odds, a delay in a range) comes from one
+``random.Random``, seeded by ``--seed`` for runs that repeat exactly, and
+a draw is taken only where something left to chance is consulted.
 """
 
+import functools
 import random
+import re
+from typing import NamedTuple
 
+from blackhole import replies
 from blackhole.replies import END_OF_DATA
 
 _ACCEPT = (250,)
@@ -21,7 +32,87 @@ MODES = {
     "unavailable": (421,),
     "offline": (521,),
 }
-MAX_SWITCHED_DELAY = 60  # seconds a message may ask for
+_MODE_REPLIES = {mode: tuple(END_OF_DATA[code] for code in codes)
+                 for mode, codes in MODES.items()}
+MAX_SWITCHED_DELAY = 60.0  # seconds a message may ask for
+_NUMBER = re.compile(r"(\d+(\.\d*)?|\.\d+)")  # seconds or percent: whole or decimal
+
+
+# The replies a rule can decide (issue 13, section 1): connect is the
+# greeting, auth the final reply of an exchange, data the reply to DATA
+# itself, bdat a chunk that is not LAST, eod the end of the message.
+STAGE_NAMES = ("connect", "helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "bdat",
+               "eod", "rset", "noop", "vrfy", "expn", "etrn", "help", "quit")
+STAGES = {name: stage for stage, name in enumerate(STAGE_NAMES)}
+
+
+class Stage:
+    """The stages, as small ints that index per-stage tables. Plain attributes:
+    an IntEnum member takes four times as long to look up, once per command."""
+
+    (CONNECT, HELO, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, BDAT, EOD,
+     RSET, NOOP, VRFY, EXPN, ETRN, HELP, QUIT) = range(len(STAGE_NAMES))
+
+
+# Where an address's tag applies besides its own command (MAIL, RCPT): a
+# sender's to every recipient and the data, a recipient's to the data.
+TRANSACTION_STAGES = frozenset((Stage.DATA, Stage.BDAT, Stage.EOD))
+SENDER_STAGES = TRANSACTION_STAGES | {Stage.RCPT}
+
+
+class Action:
+    """An answer that is no reply, for the I/O layer to carry out."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return f"<Action {self.name}>"
+
+
+DROP = Action("drop")  # close the connection at once, with no reply
+HANG = Action("hang")  # no reply; read and discard until --timeout, then close
+
+
+class Rule(NamedTuple):
+    """One failure to rehearse: from --rules, a listener's ``rule=``, or an address tag."""
+
+    stage: int  # a Stage
+    action: object  # a 4xx or 5xx code, "drop", "hang" or "ok"
+    odds: float  # the chance that it fires, above 0 and at most 1
+    delay: object  # seconds or a (min, max) range before the answer; None: the policy's
+    token: str  # as written, for the log
+    tag: bool  # an address tag rather than a configured rule
+    answer: object  # the Reply for a code, DROP, HANG, or None (the normal reply)
+
+
+_NAMED = {"drop": DROP, "hang": HANG, "ok": None}  # the actions that are no code
+
+
+def _answer(stage, action):
+    """What an action answers with: a Reply for a code, DROP, HANG, or None (ok)."""
+    return _NAMED[action] if action in _NAMED else replies.refusal(STAGE_NAMES[stage], action)
+
+
+def _action(text):
+    """A rule's or tag's action: an int code, "drop", "hang" or "ok"; ValueError if not."""
+    word = text.lower()
+    if word in _NAMED:
+        return word
+    if text.isascii() and text.isdigit():
+        if len(text) != 3 or text[0] not in "45":
+            raise ValueError("the code must be 4xx or 5xx")
+        return int(text)
+    raise ValueError(f"unknown action '{text}': a 4xx or 5xx code, drop, hang or ok")
+
+
+def _seconds(delay):
+    """A (min, max) range as one number when there is nothing to draw."""
+    if isinstance(delay, tuple) and delay[0] == delay[1]:
+        return delay[0]
+    return delay
 
 
 def delay_range(text, separator="-"):
@@ -34,40 +125,139 @@ def delay_range(text, separator="-"):
     return low, high
 
 
+def parse_rule(token):
+    """``STAGE:ACTION[:N%][:delay=N|MIN-MAX]``, modifiers in any order.
+
+    Raises ValueError with one line naming the rule and what is wrong.
+    """
+    stage_name, _, rest = token.partition(":")
+    action_text, *modifiers = rest.split(":")
+    odds = delay = None
+    try:
+        if not action_text:
+            raise ValueError("expected STAGE:ACTION[:N%][:delay=N|MIN-MAX]")
+        stage = STAGES.get(stage_name.lower())
+        if stage is None:
+            raise ValueError(f"unknown stage '{stage_name}': one of {', '.join(STAGES)}")
+        action = _action(action_text)
+        for modifier in modifiers:
+            name, equals, value = modifier.partition("=")
+            if modifier.endswith("%"):
+                if odds is not None:
+                    raise ValueError("the odds are given twice")
+                if not _NUMBER.fullmatch(modifier[:-1]) or not 0 < float(modifier[:-1]) <= 100:
+                    raise ValueError("the odds must be above 0% and at most 100%")
+                odds = float(modifier[:-1]) / 100
+            elif equals and name.lower() == "delay":
+                if delay is not None:
+                    raise ValueError("the delay is given twice")
+                try:
+                    delay = _seconds(delay_range(value))
+                except ValueError:
+                    raise ValueError(f"bad delay '{value}': N or MIN-MAX seconds, "
+                                     "MIN <= MAX") from None
+            else:
+                raise ValueError(f"unknown modifier '{modifier}': N% or delay=N|MIN-MAX")
+    except ValueError as error:
+        raise ValueError(f"Invalid rule '{token}': {error}") from None
+    return Rule(stage, action, 1.0 if odds is None else odds, delay, token, False,
+                _answer(stage, action))
+
+
+def parse_rules(text):
+    """Comma-separated rules (spaces after the commas allowed); ``""`` is none."""
+    return tuple(parse_rule(token.strip()) for token in text.split(",") if token.strip())
+
+
+def tag(address):
+    """The tag an envelope address carries, or None (issue 13, section 3).
+
+    The local part is the tag, or ends in ``+TAG``; a tag is
+    ``STAGE-ACTION[-delayN]``, in any case. Anything else is an ordinary address.
+    """
+    local, at, _ = address.rpartition("@")
+    text = (local if at else address).rpartition("+")[2]
+    return _tag(text) if "-" in text else None
+
+
+@functools.lru_cache(maxsize=1024)  # built once per tag, not per recipient
+def _tag(text):
+    stage_name, action_text, *more = text.lower().split("-")
+    stage = STAGES.get(stage_name)
+    if stage is None or len(more) > 1:
+        return None
+    try:
+        action = _action(action_text)
+    except ValueError:
+        return None
+    delay = None
+    if more:
+        seconds = more[0].removeprefix("delay")
+        if seconds == more[0] or not _NUMBER.fullmatch(seconds):
+            return None
+        delay = min(float(seconds), MAX_SWITCHED_DELAY)
+    return Rule(stage, action, 1.0, delay, text, True, _answer(stage, action))
+
+
 class Policy:
-    """What to answer at the end of data, and how long to wait before replies."""
+    """What to answer at each stage, and how long to wait before replies."""
 
-    __slots__ = ("mode", "delay", "_replies")
+    __slots__ = ("mode", "delay", "rules", "stage_rules", "draws", "_replies")
 
-    def __init__(self, mode="accept", delay=0):
-        """``delay``: seconds, or a (min, max) range to draw from for each reply."""
+    def __init__(self, mode="accept", delay=0, rules=(), draws=None):
+        """``delay``: seconds, or a (min, max) range to draw from for each reply.
+
+        ``rules``: parsed Rules; ``draws``: the random.Random of every draw.
+        """
         if mode not in MODES:
             raise ValueError(
                 f"Unknown mode '{mode}': choose one of {', '.join(MODES)}"
             )
         self.mode = mode
-        self.delay = delay if delay != (0, 0) else 0  # falsy when there is none
-        self._replies = tuple(END_OF_DATA[code] for code in MODES[mode])
+        self.delay = _seconds(delay)  # falsy when there is none
+        self.rules = tuple(rules)
+        # Per stage, its rules in the order given: an empty tuple is the common case.
+        self.stage_rules = tuple(tuple(rule for rule in self.rules if rule.stage == stage)
+                                 for stage in range(len(STAGE_NAMES)))
+        self.draws = draws if draws is not None else random.Random()
+        self._replies = _MODE_REPLIES[mode]
 
-    def pause(self):
-        """Seconds to wait before the next reply."""
-        delay = self.delay
-        return random.uniform(*delay) if isinstance(delay, tuple) else delay
+    def decide(self, stage, requested=None):
+        """The rule or tag that decides this reply, or None for the normal reply.
+
+        ``requested`` is the message's own tag for ``stage``: it wins over the
+        rules. Rules are tried in order, each drawing its odds; the first that
+        fires decides. Capacity limits (issue 13, section 4) belong first,
+        before ``requested``: no tag or rule lets a client past them.
+        """
+        if requested is not None:
+            return requested
+        draw = self.draws.random
+        for rule in self.stage_rules[stage]:
+            if rule.odds >= 1 or draw() < rule.odds:
+                return rule
+        return None
+
+    def pause(self, delay=None):
+        """Seconds to wait before a reply: ``delay`` (drawn if a range), or the policy's."""
+        if delay is None:
+            delay = self.delay
+        return self.draws.uniform(*delay) if isinstance(delay, tuple) else delay
 
     def end_of_data(self, switches=None):
-        """The reply to a complete message, and the pause before it.
+        """The mode's reply to a complete message, and the pause before it.
 
-        ``switches`` are the message's own X-Blackhole-Mode and -Delay, or None.
+        ``switches`` are the message's own X-Blackhole-Mode and -Delay, or
+        None; the pause is None where the policy's delay applies.
         """
-        replies, pause = self._replies, None
+        choices, pause = self._replies, None
         if switches:
             mode, delay = switches.get("mode"), switches.get("delay")
             if mode:
-                replies = tuple(END_OF_DATA[code] for code in MODES[mode])
-            if delay:
-                pause = random.uniform(*delay)
-        reply = replies[0] if len(replies) == 1 else random.choice(replies)
-        return reply, self.pause() if pause is None else pause
+                choices = _MODE_REPLIES[mode]
+            if delay is not None:
+                pause = self.pause(delay)
+        return (choices[0] if len(choices) == 1 else self.draws.choice(choices)), pause
 
 
 def switch(name, value, switches):
@@ -81,4 +271,4 @@ def switch(name, value, switches):
             low, high = delay_range(value, ",")
         except ValueError:
             return
-        switches["delay"] = (min(low, MAX_SWITCHED_DELAY), min(high, MAX_SWITCHED_DELAY))
+        switches["delay"] = _seconds((min(low, MAX_SWITCHED_DELAY), min(high, MAX_SWITCHED_DELAY)))

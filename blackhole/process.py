@@ -73,8 +73,11 @@ def prepare(values, settings, policy):
     server.raise_file_limit()
     bound = []
     for listener in wanted:
+        # One Random for every listener's draws, so that --seed repeats them all.
         own = Policy(listener.mode or policy.mode,
-                     policy.delay if listener.delay is None else listener.delay)
+                     policy.delay if listener.delay is None else listener.delay,
+                     policy.rules if listener.rules is None else listener.rules,
+                     policy.draws)
         bound.append((listener, server.bind(listener.host, listener.port, values.workers), own))
     scrape = (server.bind(values.metrics_host, values.metrics_port)[0]
               if values.metrics_port else [])
@@ -160,6 +163,8 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
             log.error("%s", error)
             code = 1
         else:
+            if values.seed is None:
+                policy.draws.seed()  # or every worker would draw what its siblings draw
             _worker(plan, values, settings, stderr, _master, blocks, task)
     signal.setitimer(signal.ITIMER_REAL, 0)
     log.info("%s", metrics.summary(blocks))
@@ -175,7 +180,9 @@ def announcement(plan, values, settings):
         lines.append(f"Listening{' for SMTPS' if listener.implicit else ''} on {listener}, "
                      f"mode {own.mode}"
                      + (f", delay {'-'.join(f'{d:g}' for d in sorted(set(delay)))}s"
-                        if own.delay else ""))
+                        if own.delay else "")
+                     + (f", rules {' '.join(rule.token for rule in own.rules)}"
+                        if own.rules else ""))
     if plan.context and values.ssl_cert is None and values.ssl_key is None:
         lines.append("No certificate configured: using a self-signed one for "
                      f"{settings.mailname}")

@@ -1,5 +1,10 @@
 """The SMTP session without I/O: bytes in, replies out.
 
+What comes out is a list of Replies, each perhaps after a pause (a number of
+seconds), and at most one DROP or HANG, last, for the I/O layer to act on.
+Every reply's decision goes to the policy (``decide``): the greeting's at
+``connected``, a command's once it is found valid, the end of data's.
+
 The session owns the receive buffer.  Complete command lines go through the
 command table; message data (DATA or BDAT chunks) is counted and thrown away
 as it streams, so a session holds at most one line whatever a client sends.
@@ -14,6 +19,8 @@ import random
 from blackhole import auth, metrics, policy, replies
 from blackhole.commands import COMMANDS, MAX_LINE, Phase, Refusal
 from blackhole.metrics import MESSAGE, MESSAGE_BYTES, OTHER_VERB, RECIPIENTS, REPLY, VERB_SLOTS
+from blackhole.policy import SENDER_STAGES, TRANSACTION_STAGES, Stage
+from blackhole.replies import Reply
 
 log = logging.getLogger("blackhole")
 
@@ -33,6 +40,13 @@ def new_ident():
     return f"{random.getrandbits(40):010X}"
 
 
+def _shown(line, verb, arg, command):
+    """A command line as the debug log shows it: credentials stay out."""
+    if command is not None and command.secret and " " in arg:
+        return f"{verb} {arg.partition(' ')[0]} ****"
+    return line
+
+
 class Session:
     """One client's SMTP state; ``receive`` returns what to send back."""
 
@@ -43,7 +57,7 @@ class Session:
         "binarymime", "_out", "_consume", "_unread", "_discarding", "_tail",
         "_size", "_dots", "_line", "_long_line", "_debug_line", "_switches",
         "_header_line", "_folding", "_header_lines", "_chunk_left", "_chunk_reply",
-        "_chunk_refused", "_auth", "_counts", "messages",
+        "_chunk_refused", "_auth", "_counts", "messages", "_rules", "_tags", "_delay",
     )
 
     def __init__(self, settings, policy, starttls=False, secure=False):
@@ -68,6 +82,9 @@ class Session:
         self.messages = 0  # messages whose end has been answered
         self._out = []
         self._counts = metrics.counts
+        self._rules = policy.stage_rules
+        self._tags = None  # the transaction's tags, by stage
+        self._delay = None  # the deciding rule's or tag's delay, for the next reply
         self._consume = self._commands
         self._unread = b""  # a line not yet ended, or a batch's leftover
         self._discarding = False  # skipping the rest of an overlong line
@@ -99,13 +116,60 @@ class Session:
             self._unread = data[pos:]
         return out
 
+    def connected(self):
+        """The connection is up (any TLS handshake done): what to send first.
+
+        Returned as ``receive`` returns it: the greeting, or what a connect
+        rule decides instead. After a refusal other than 421 nothing but QUIT
+        is served (RFC 5321 3.1, RFC 7504).
+        """
+        out = self._out = []
+        refusal = self.decide(Stage.CONNECT)
+        self._answer(refusal or self.settings.greeting, 0)  # --delay spares the greeting
+        if refusal is not None and not self.closing:
+            self._consume = self._unserved
+        return out
+
     # What handlers call.
+
+    def tag(self, address):
+        """The tag an envelope address carries, unless --dynamic_switch=False."""
+        if "-" in address and self.settings.dynamic_switch:
+            return policy.tag(address)
+        return None
+
+    def decide(self, stage, tag=None):
+        """Ask the policy, between a command's checks and its effect.
+
+        None: go on, with the normal reply. Otherwise the Reply, DROP or HANG
+        to give instead, and the command must have no effect. ``tag``: the
+        command's own address's; otherwise the transaction's tags count.
+        """
+        if tag is not None and tag.stage != stage:
+            tag = None  # it asks for a stage it does not stand at: ignored
+        if tag is None and self._tags is not None:
+            tag = self._tags.get(stage)
+        if tag is None and not self._rules[stage]:
+            return None  # the common case: nothing to ask (a limit must make it ask)
+        fault = self.policy.decide(stage, tag)
+        if fault is None:
+            return None
+        metrics.fault(stage, fault.action)
+        self._delay = fault.delay
+        if self.ident:
+            log.debug("[%s] %s: %s", self.ident, "TAG" if fault.tag else "RULE", fault.token)
+        return fault.answer
 
     def greet(self, extended):
         self.phase = Phase.GREETED
         self.extended = extended
 
-    def begin_transaction(self, smtputf8, binarymime):
+    def begin_transaction(self, smtputf8, binarymime, tag=None):
+        """MAIL accepted. The sender's tag holds for the whole transaction.
+
+        The next MAIL replaces the tags: none of their stages comes before it.
+        """
+        self._tags = {tag.stage: tag} if tag is not None and tag.stage in SENDER_STAGES else None
         self.phase = Phase.MAIL
         self.smtputf8 = smtputf8
         self.binarymime = binarymime
@@ -113,7 +177,10 @@ class Session:
         self.recipients = 0
         self.message_size = 0
 
-    def add_recipient(self):
+    def add_recipient(self, tag=None):
+        """RCPT accepted: a recipient's tag for the data beats the sender's."""
+        if tag is not None and tag.stage in TRANSACTION_STAGES:
+            self._tags = {**(self._tags or {}), tag.stage: tag}
         self.phase = Phase.RCPT
         self.recipients += 1
         self._counts[RECIPIENTS] += 1
@@ -176,14 +243,22 @@ class Session:
     # Commands.
 
     def _answer(self, reply, pause=None):
+        """Queue ``reply``, or DROP or HANG, after a pause: the deciding rule's
+        or tag's delay, else ``pause``, else the policy's delay."""
+        if self._delay is not None:
+            pause, self._delay = self.policy.pause(self._delay), None
+        elif pause is None:
+            pause = self.policy.pause() if self.policy.delay else 0
+        if pause:
+            self._out.append(pause)
+        if reply.__class__ is not Reply:  # DROP or HANG: the dialogue is over
+            self._out.append(reply)
+            self.closing = True
+            return
         if reply.error:
             self.errors += 1
             if self.errors >= MAX_ERRORS:
                 reply = replies.TOO_MANY_ERRORS
-        if pause is None:
-            pause = self.policy.pause() if self.policy.delay else 0
-        if pause:
-            self._out.append(pause)
         self._out.append(reply)
         self._counts[REPLY - 200 + reply.code] += 1
         if reply.closes:
@@ -214,7 +289,8 @@ class Session:
         return data[pos:newline], newline + 1
 
     def _too_long(self):
-        self._consume = self._commands  # an AUTH exchange ends there too
+        if self._consume == self._auth_line:
+            self._consume = self._commands  # an AUTH exchange ends there too
         self._answer(replies.LINE_TOO_LONG)
 
     def _commands(self, data, pos):
@@ -250,10 +326,7 @@ class Session:
         command = COMMANDS.get(name)
         self._counts[VERB_SLOTS.get(name, OTHER_VERB)] += 1
         if self.ident:
-            shown = line
-            if command is not None and command.secret and " " in arg:
-                shown = f"{verb} {arg.partition(' ')[0]} ****"
-            log.debug("[%s] RECV: %s", self.ident, shown)
+            log.debug("[%s] RECV: %s", self.ident, _shown(line, verb, arg, command))
         if command is None:
             reply = replies.UNKNOWN_COMMAND
         elif length > command.max_line:
@@ -265,11 +338,25 @@ class Session:
                     reply = command.handler(self, arg)
                 except Refusal as refusal:
                     reply = refusal.reply
-                if command.resets and reply.code < 400:
+                if command.resets and reply.__class__ is Reply and reply.code < 400:
                     self.phase = min(self.phase, Phase.GREETED)
         if reply is not None:  # None: a BDAT chunk or an AUTH exchange answers later
             self._answer(reply)
         return command
+
+    def _unserved(self, data, pos):
+        """After a greeting that refused service: 503 to all but QUIT (RFC 5321 3.1)."""
+        raw, after = self._line_from(data, pos, MAX_LINE)
+        if raw is None:
+            return after
+        line = raw.rstrip(b"\r ").decode("utf-8", "replace")
+        verb, _, arg = line.partition(" ")
+        name = verb.upper() if verb.isascii() else ""
+        self._counts[VERB_SLOTS.get(name, OTHER_VERB)] += 1
+        if self.ident:
+            log.debug("[%s] RECV: %s", self.ident, _shown(line, verb, arg, COMMANDS.get(name)))
+        self._answer(replies.BYE if name == "QUIT" and not arg else replies.NOT_SERVING)
+        return after
 
     # AUTH exchanges (RFC 4954 4): one line per 334 challenge.
 
@@ -297,8 +384,11 @@ class Session:
         try:
             challenge = self._auth.send(response)
         except StopIteration as done:
-            self.authenticated = auth.verdict(done.value)
-            self._answer(replies.AUTH_OK if self.authenticated else replies.AUTH_FAILED)
+            refusal = self.decide(Stage.AUTH)  # refused, the client stays unauthenticated
+            if refusal is None:
+                self.authenticated = auth.verdict(done.value)
+                refusal = replies.AUTH_OK if self.authenticated else replies.AUTH_FAILED
+            self._answer(refusal)
             return
         self._consume = self._auth_line
         self._answer(auth.challenge(challenge))
@@ -479,8 +569,19 @@ class Session:
             reply = replies.DATA_LINE_TOO_LONG
         else:
             self._unfolded()  # a switch on the last line of a header-only message
-            reply, pause = self.policy.end_of_data(self._switches)
+            reply, pause = self._end_of_data()
         counts = self._counts
-        counts[MESSAGE - 200 + reply.code] += 1
+        if reply.__class__ is Reply:  # not DROP or HANG
+            counts[MESSAGE - 200 + reply.code] += 1
         counts[MESSAGE_BYTES] += size
         self._answer(reply, pause)
+
+    def _end_of_data(self):
+        """The eod reply and its pause: the message's X-Blackhole-* headers beat
+        its tags, which beat the rules, which beat the mode."""
+        if self._switches:
+            return self.policy.end_of_data(self._switches)
+        refusal = self.decide(Stage.EOD)
+        if refusal is not None:
+            return refusal, None  # the message is discarded
+        return self.policy.end_of_data()

@@ -14,7 +14,8 @@ class Reply:
 
     __slots__ = ("code", "lines", "wire", "closes", "error")
 
-    def __init__(self, code, *lines, enhanced=None):
+    def __init__(self, code, *lines, enhanced=None, error=None):
+        """``error``: whether it blames the client's command; by default, by its code."""
         self.code = code
         if enhanced:
             lines = tuple(f"{enhanced} {line}" for line in lines)
@@ -26,7 +27,7 @@ class Reply:
         ).encode()
         # RFC 5321 3.8: 421 is a promise to close; 221 answers QUIT.
         self.closes = code in (221, 421)
-        self.error = code in _COMMAND_ERRORS
+        self.error = code in _COMMAND_ERRORS if error is None else error
 
     def __repr__(self):
         return f"<Reply {self.wire!r}>"
@@ -109,6 +110,8 @@ TOO_MANY_CONNECTIONS = Reply(421, "Too many connections, try again later",
 MAKING_ROOM = Reply(421, "Too busy to wait for an idle client, closing connection",
                     enhanced="4.4.2")
 SHUTTING_DOWN = Reply(421, "Shutting down, try again later", enhanced="4.3.2")
+# After a greeting that refused service: anything but QUIT (RFC 5321 3.1).
+NOT_SERVING = Reply(503, "No SMTP service here: only QUIT", enhanced="5.5.1")
 
 # The end-of-data replies a mode can choose from, by code (texts from 1.x;
 # 431 had none and crashed 1.x, so it gets one here).
@@ -141,3 +144,43 @@ END_OF_DATA = {
         Reply(571, "Blocked", enhanced="5.7.1"),
     )
 }
+
+
+# The texts a rule's or tag's code gets (RFC 5321 4.2.2, RFC 3463 detail
+# codes): the end-of-data ones of 1.x and these, else one by the code's class.
+_BY_CODE = {
+    **{code: (reply.lines[0].partition(" ")[0], reply.lines[0].partition(" ")[2])
+       for code, reply in END_OF_DATA.items()},
+    455: ("4.5.4", "Server unable to accommodate parameters"),
+    500: ("5.5.2", "Syntax error, command unrecognized"),
+    501: ("5.5.4", "Syntax error in parameters or arguments"),
+    502: ("5.5.1", "Command not implemented"),
+    503: ("5.5.1", "Bad sequence of commands"),
+    504: ("5.5.4", "Command parameter not implemented"),
+    530: ("5.7.0", "Authentication required"),
+    535: ("5.7.8", "Authentication credentials invalid"),
+    555: ("5.5.4", "MAIL FROM/RCPT TO parameters not recognized or not implemented"),
+}
+# Where a stage has a better word for a code than the code alone.
+_BY_STAGE = {
+    ("connect", 554): ("", "No SMTP service here"),  # RFC 5321 3.1
+    ("connect", 521): ("", "Server does not accept mail"),  # RFC 7504
+    ("mail", 550): ("5.7.1", "Sender address rejected: access denied"),
+    ("mail", 553): ("5.1.7", "Sender address rejected: mailbox name not allowed"),
+    ("rcpt", 550): ("5.1.1", "Recipient address rejected: mailbox unavailable"),
+    ("auth", 454): ("4.7.0", "Temporary authentication failure"),  # RFC 4954 6
+}
+# RFC 2034 3: no enhanced code on the greeting or the HELO/EHLO replies.
+_PLAIN_STAGES = ("connect", "helo", "ehlo")
+
+
+def refusal(stage, code):
+    """The reply a rule or a tag gives with ``code`` (4xx or 5xx) at ``stage``.
+
+    Never counted as the client's error: it is the server's own choice.
+    """
+    enhanced, text = _BY_STAGE.get((stage, code)) or _BY_CODE.get(code) or (
+        ("4.0.0", "Requested action not taken: try again later") if code < 500
+        else ("5.0.0", "Requested action not taken"))
+    return Reply(code, text, enhanced=None if stage in _PLAIN_STAGES else enhanced,
+                 error=False)

@@ -1,8 +1,8 @@
 """The listeners: what to listen on, the sockets bound at startup, the TCPServer.
 
 Besides the 1.x ``--host``/``--port``/``--ssl_port``, ``--listen`` and
-``--ssl_listen`` take entries like ``:2525 mode=bounce delay=1-5``, each
-listener answering with its own mode and delay.
+``--ssl_listen`` take entries like ``:2525 mode=bounce delay=1-5 rule=rcpt:550:10%``,
+each listener answering with its own mode, delay and rules.
 """
 
 import asyncio
@@ -20,7 +20,7 @@ from blackhole import descriptors, metrics, replies
 from blackhole.descriptors import Accepting
 from blackhole.errors import BlackholeError
 from blackhole.mailstate import MailState
-from blackhole.policy import MODES, delay_range
+from blackhole.policy import MODES, delay_range, parse_rule
 
 log = logging.getLogger("blackhole")
 
@@ -29,13 +29,14 @@ STALE = 1.0  # seconds a client must have kept us waiting before it makes room
 
 
 class Listener(NamedTuple):
-    """One address to serve, and how: implicit TLS, its own mode and delay."""
+    """One address to serve, and how: implicit TLS, its own mode, delay and rules."""
 
     host: str
     port: int
     implicit: bool = False
     mode: str = None  # None: --mode
     delay: object = None  # seconds or a (min, max) range; None: --delay
+    rules: tuple = None  # parsed Rules; None: --rules
 
     def __str__(self):
         return address(self.host, self.port)
@@ -46,7 +47,7 @@ def address(host, port):
 
 
 def parse_listeners(text, implicit):
-    """``[host]:port [mode=M] [delay=N|MIN-MAX]`` entries, separated by commas.
+    """``[host]:port [mode=M] [delay=N|MIN-MAX] [rule=RULE ...]`` entries, separated by commas.
 
     ``:2525`` is every IPv4 address, ``:::2525`` every IPv6 one, ``[::1]:2525``
     one IPv6 address.
@@ -58,9 +59,12 @@ def parse_listeners(text, implicit):
         if not (colon and port.isdigit() and 0 < int(port) < 65536):
             raise BlackholeError(f"Invalid listener '{entry}': expected [host]:port")
         host = host.strip("[]") or "0.0.0.0"
-        options = {}
+        options, rules = {}, []
         for setting in settings:
             name, equals, value = setting.partition("=")
+            if equals and name == "rule":  # as many as needed
+                rules.append(value)
+                continue
             if not equals or name not in ("mode", "delay") or name in options:
                 raise BlackholeError(f"Invalid listener '{entry}': unknown setting '{setting}'")
             options[name] = value
@@ -70,7 +74,11 @@ def parse_listeners(text, implicit):
             delay = delay_range(options["delay"]) if "delay" in options else None
         except ValueError:
             raise BlackholeError(f"Invalid listener '{entry}': bad delay") from None
-        listeners.append(Listener(host, int(port), implicit, options.get("mode"), delay))
+        try:
+            own = tuple(map(parse_rule, rules)) if rules else None
+        except ValueError as error:  # it names the rule
+            raise BlackholeError(str(error)) from None
+        listeners.append(Listener(host, int(port), implicit, options.get("mode"), delay, own))
     return listeners
 
 

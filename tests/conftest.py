@@ -18,7 +18,7 @@ from tornado.tcpclient import TCPClient
 
 from blackhole.config import Settings
 from blackhole.process import workers_of
-from blackhole.policy import Policy
+from blackhole.policy import Policy, parse_rules
 from blackhole.server import SMTPServer
 
 HOST = "127.0.0.1"
@@ -28,15 +28,18 @@ HOST = "127.0.0.1"
 def smtp_server(io_loop):
     """Start an SMTPServer on the test's IOLoop: ``smtp_server(mode=..., delay=..., **settings)``.
 
+    ``rules`` is rule text as --rules takes it; ``seed`` seeds the policy's draws.
+
     ``tls`` (an SSLContext) offers STARTTLS, or with ``implicit`` speaks TLS at
     once. Returns the server and the port it listens on, 127.0.0.1 only.
     """
     servers = []
 
     def start(mode="accept", delay=0, tls=None, implicit=False, max_connections=None,
-              **settings):
+              rules="", seed=None, **settings):
         sockets = bind_sockets(0, HOST)
-        server = SMTPServer(Settings(**settings), Policy(mode, delay), tls, implicit,
+        policy = Policy(mode, delay, parse_rules(rules), random.Random(seed))
+        server = SMTPServer(Settings(**settings), policy, tls, implicit,
                             max_connections=max_connections)
         server.add_sockets(sockets)
         servers.append(server)

@@ -281,7 +281,6 @@ def run(config, chunks):
     settings_ = Settings(mailname="fuzz.example", message_size_limit=config.message_size_limit,
                          max_recipients=config.max_recipients, debug=config.debug,
                          dynamic_switch=config.dynamic_switch)
-    random.seed(0)  # modes and delays draw from random: the same draws for every run
     saved, counts = metrics.counts, Counts()
     logger = logging.getLogger("blackhole")
     saved_logging = logger.level, logger.propagate
@@ -292,8 +291,9 @@ def run(config, chunks):
         logger.propagate = False
         logger.addHandler(handler)
     try:
-        session = Session(settings_, Policy(config.mode, config.delay), starttls=config.starttls,
-                          secure=config.secure)
+        # Modes and delay ranges draw: the same draws for every run.
+        policy = Policy(config.mode, config.delay, draws=random.Random(0))
+        session = Session(settings_, policy, starttls=config.starttls, secure=config.secure)
         out = []
         for data in chunks:
             if session.tls_pending:
