@@ -33,8 +33,9 @@ from tests.test_metrics import diff, quiet_scrape, scrape
 def test_bad_rules_get_one_line_and_exit_1(tmp_path, args, message):
     port = free_port()
     args = [arg.format(h=HOST, p=port) for arg in args]
-    result = blackhole(f"--host={HOST}", f"--port={port}", f"--ssl_port={free_port()}",
-                       f"--log={tmp_path}/log", *args, "run")
+    where = [] if args[0].startswith("--listen") else [f"--host={HOST}", f"--port={port}"]
+    result = blackhole(*where, f"--ssl_port={free_port()}", f"--log={tmp_path}/log", *args,
+                       "run")
     assert result.returncode == 1
     assert one_clear_line(result) == f"blackhole: {message}"
 
