@@ -44,6 +44,7 @@ class MailState:
         self.settings = settings
         self.tls = tls
         self.session = Session(settings, policy, starttls=tls is not None, secure=implicit)
+        self.session.peer = address[0]
         self.sessions = None  # the live sessions this one belongs to, until it ends
         self._handshake = None  # the pending start_tls future
         self._loop = None
@@ -342,6 +343,7 @@ class MailState:
         if self.sessions is not None:  # the first close: a task may still be unwinding
             self.sessions.discard(self)
             self.sessions = None
+            self.session.ended()
             metrics.session_ended(self._loop.time() - self._opened)
             if self.session.ident:
                 log.debug("[%s] Closing", self.session.ident)

@@ -23,7 +23,7 @@ except ImportError:
     uvloop = None
 
 from blackhole import log as logs
-from blackhole import descriptors, metrics, privileges, server, tls
+from blackhole import capacity, descriptors, metrics, privileges, server, tls
 from blackhole.errors import BlackholeError
 from blackhole.policy import Policy
 
@@ -43,6 +43,7 @@ class Plan(NamedTuple):
     context: object  # the server SSLContext, or None
     account: object  # a privileges.Account, or None to stay as we are
     metrics: list  # the bound sockets of the metrics port, or none
+    limits: object = None  # the capacity.Limits every worker shares, or None
 
 
 def listeners(values):
@@ -71,17 +72,19 @@ def prepare(values, settings, policy):
                                      values.tls_min_version, settings.mailname)
     account = privileges.resolve(values.user, values.group)
     server.raise_file_limit()
+    # In memory shared with the workers forked later, as the metrics are.
+    limits = capacity.shared(values)
     bound = []
     for listener in wanted:
         # One Random for every listener's draws, so that --seed repeats them all.
         own = Policy(listener.mode or policy.mode,
                      policy.delay if listener.delay is None else listener.delay,
                      policy.rules if listener.rules is None else listener.rules,
-                     policy.draws)
+                     policy.draws, limits)
         bound.append((listener, server.bind(listener.host, listener.port, values.workers), own))
     scrape = (server.bind(values.metrics_host, values.metrics_port)[0]
               if values.metrics_port else [])
-    return Plan(bound, context, account, scrape)
+    return Plan(bound, context, account, scrape, limits)
 
 
 def workers_of(pid):
@@ -218,6 +221,8 @@ def _worker(plan, values, settings, stderr, master, blocks, task):
             privileges.drop(plan.account)
         _follow_master(master)
         metrics.count_in(blocks, task)  # a replacement gets its predecessor's task
+        if plan.limits is not None:
+            plan.limits.count_in(task)
         (uvloop.run if uvloop else asyncio.run)(_serve(plan, settings, blocks, task))
         code = 0
     except Exception:
