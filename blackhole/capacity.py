@@ -63,6 +63,7 @@ class Connections:
         """Take worker ``task``'s slot; the places of a worker it replaces died with it."""
         self._mine = task
         self._slots[task] = 0
+        self._held = set()
 
     def admit(self, session):
         """Take a place for ``session``; False if all are taken."""
