@@ -170,6 +170,17 @@ class Limits:
             (Stage.CONNECT, self.connections), (Stage.MAIL, self.rate),
             (Stage.RCPT, self.greylist)) if on is not None)
 
+    def __str__(self):
+        """As the master announces them."""
+        parts = []
+        if self.connections is not None:
+            parts.append(f"{self.connections.limit} connections at once")
+        if self.rate is not None:
+            parts.append(f"{self.rate.limit} messages a second")
+        if self.greylist is not None:
+            parts.append(f"greylist {self.greylist.seconds}s")
+        return ", ".join(parts)
+
     def count_in(self, task):
         """Worker ``task`` writes its own slots from now on."""
         for limit in (self.connections, self.rate):

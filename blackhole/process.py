@@ -186,6 +186,8 @@ def announcement(plan, values, settings):
                         if own.delay else "")
                      + (f", rules {' '.join(rule.token for rule in own.rules)}"
                         if own.rules else ""))
+    if plan.limits is not None:
+        lines.append(f"Limits: {plan.limits}")
     if plan.context and values.ssl_cert is None and values.ssl_key is None:
         lines.append("No certificate configured: using a self-signed one for "
                      f"{settings.mailname}")

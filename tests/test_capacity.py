@@ -63,6 +63,12 @@ def test_max_connections_counts_over_both_workers(daemon, tmp_path):
     assert refusals == diff(before, after, "blackhole_replies_total", code="421")
 
 
+def test_the_limits_are_announced():
+    limits = Limits(2, max_connections=10, max_rate=20, greylist=300)
+    assert str(limits) == "10 connections at once, 20 messages a second, greylist 300s"
+    assert str(Limits(1, max_rate=5)) == "5 messages a second"
+
+
 def test_max_connections_on_an_implicit_tls_listener_too(daemon):
     """Plain and TLS connections count together; TLS hears its 421 after the handshake."""
     ssl_port = free_port()

@@ -56,6 +56,7 @@ def test_a_retry_passes_after_the_wait_on_the_other_worker(daemon, tmp_path):
     assert diff(before, after, "blackhole_faults_total", stage="rcpt", action="451") == 3
     assert diff(before, after, "blackhole_recipients_total") == 3
     log = stopped_log(process, tmp_path)
+    assert any(line.endswith(" - Limits: greylist 2s") for line in log)
     limits = [index for index, line in enumerate(log) if line.endswith("LIMIT: greylist")]
     assert len(limits) == 3
     for index in limits:  # the SEND line follows its LIMIT line
