@@ -49,8 +49,11 @@ class Connections:
     """--max_connections: a place for each session open at once over all workers.
 
     Each worker's slot holds how many places it has taken. A worker claims
-    a place before it adds up the slots, so two that race both see the
-    other's claim: one may be refused too many, none admitted too many.
+    a place before it adds up the slots, so two that race see each other's
+    claim and both refuse: one refused too many rather than one admitted too
+    many. (A CPU may hold a store in its write buffer past its own later
+    loads, so in theory both could still miss the other's claim; that window
+    is nanoseconds against the interpreter's microseconds between the two.)
     """
 
     def __init__(self, limit, workers):
@@ -97,6 +100,7 @@ class Rate:
         self._clock = clock
 
     def count_in(self, task):
+        """Count into worker ``task``'s pairs, where the worker it replaces counted."""
         self._mine = task * TICKS * 2
 
     def full(self):
