@@ -37,13 +37,15 @@ class MailState:
                  "_opened", "idle_since", "_messages", "_reading", "_stopping", "_handshake",
                  "_fd", "_task", "_hang")
 
-    def __init__(self, stream, address, settings, policy, tls=None, implicit=False):
-        """``tls``: the server SSLContext, offered by STARTTLS or, if ``implicit``, at once."""
+    def __init__(self, stream, address, settings, listener):
+        """``listener``: where the connection came in (server.Listener), with its
+        policy and TLS context, offered by STARTTLS or, if implicit, at once."""
         self.stream = stream
         self.address = address
         self.settings = settings
-        self.tls = tls
-        self.session = Session(settings, policy, starttls=tls is not None, secure=implicit)
+        self.tls = listener.tls
+        self.session = Session(settings, listener.policy, starttls=listener.tls is not None,
+                               secure=listener.implicit)
         self.sessions = None  # the live sessions this one belongs to, until it ends
         self._handshake = None  # the pending start_tls future
         self._loop = None

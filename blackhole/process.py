@@ -39,7 +39,7 @@ _owner = None  # (uid, gid) the log file belongs to, when workers switch account
 class Plan(NamedTuple):
     """Everything checked and bound before the first fork."""
 
-    listeners: list  # (server.Listener, bound sockets for each worker, its Policy)
+    listeners: list  # (server.Listener with its Policy and TLS, bound sockets for each worker)
     context: object  # the server SSLContext, or None
     account: object  # a privileges.Account, or None to stay as we are
     metrics: list  # the bound sockets of the metrics port, or none
@@ -78,7 +78,8 @@ def prepare(values, settings, policy):
                      policy.delay if listener.delay is None else listener.delay,
                      policy.rules if listener.rules is None else listener.rules,
                      policy.draws)
-        bound.append((listener, server.bind(listener.host, listener.port, values.workers), own))
+        bound.append((listener._replace(policy=own, tls=context),
+                      server.bind(listener.host, listener.port, values.workers)))
     scrape = (server.bind(values.metrics_host, values.metrics_port)[0]
               if values.metrics_port else [])
     return Plan(bound, context, account, scrape)
@@ -175,7 +176,8 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
 def announcement(plan, values, settings):
     """What the master says it serves: logged by ``run``, printed by ``start``."""
     lines = []
-    for listener, _, own in plan.listeners:
+    for listener, _ in plan.listeners:
+        own = listener.policy
         delay = own.delay if isinstance(own.delay, tuple) else (own.delay,) * 2
         lines.append(f"Listening{' for SMTPS' if listener.implicit else ''} on {listener}, "
                      f"mode {own.mode}"
@@ -235,8 +237,8 @@ async def _serve(plan, settings, blocks, task):
     sessions = server.Sessions(
         settings.timeout, descriptors.budget(metrics.CONNECTIONS if plan.metrics else 0))
     servers = []
-    for listener, sockets, own in mine:
-        smtp = server.SMTPServer(settings, own, plan.context, listener.implicit, sessions)
+    for listener, sockets in mine:
+        smtp = server.SMTPServer(settings, listener, sessions)
         smtp.add_sockets(sockets)
         servers.append(smtp)
     stop = asyncio.Event()
@@ -260,10 +262,10 @@ def _own_sockets(listeners, task):
     """This worker's sockets of each listener; the other workers' are closed
     here, where they would only use up descriptors."""
     mine = []
-    for listener, per_worker, own in listeners:
+    for listener, per_worker in listeners:
         for index, sockets in enumerate(per_worker):
             if index == task % len(per_worker):
-                mine.append((listener, sockets, own))
+                mine.append((listener, sockets))
             else:
                 for sock in sockets:
                     sock.close()
