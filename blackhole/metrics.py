@@ -34,7 +34,10 @@ MESSAGE = REPLY + 400  # + code - 200: messages by their end-of-data reply
 TLS = MESSAGE + 400  # + index in TLS_VERSIONS
 DURATION = TLS + len(TLS_VERSIONS)  # + bucket index, the last one +Inf
 FAULTS = DURATION + len(DURATION_BUCKETS) + 1  # + stage * len(FAULT_ACTIONS) + action index
-SLOTS = FAULTS + len(STAGE_NAMES) * len(FAULT_ACTIONS)
+PROXY = FAULTS + len(STAGE_NAMES) * len(FAULT_ACTIONS)  # + index in PROXY_REASONS
+SLOTS = PROXY + 3
+PROXY_REASONS = ("untrusted", "malformed", "missing")  # a proxy=on connection refused:
+PROXY_UNTRUSTED, PROXY_MALFORMED, PROXY_MISSING = range(PROXY, SLOTS)  # from whom, why
 
 VERB_SLOTS = {verb: COMMAND + index for index, verb in enumerate(VERBS)}
 OTHER_VERB = VERB_SLOTS["other"]
@@ -154,6 +157,11 @@ def exposition(blocks, healthy=True):
             if values[TLS + i]])
     family("tls_handshake_failures_total", "counter", "TLS handshakes that failed.",
            [("", values[TLS_FAILED])])
+    family("proxy_refused_total", "counter",
+           "Connections to a proxy=on listener closed before the greeting: from outside "
+           "--proxy_from, with a malformed PROXY header, or with none in time.",
+           [(f'{{reason="{reason}"}}', values[PROXY + i]) for i, reason in enumerate(PROXY_REASONS)
+            if values[PROXY + i]])
     family("faults_total", "counter",
            "Replies decided by a rule, an address tag or a limit, by stage and action.",
            [(f'{{stage="{name}",action="{action}"}}',

@@ -58,6 +58,7 @@ class Session:
         "_size", "_dots", "_line", "_long_line", "_debug_line", "_switches",
         "_header_line", "_folding", "_header_lines", "_chunk_left", "_chunk_reply",
         "_chunk_refused", "_auth", "_counts", "messages", "_rules", "_tags", "_delay",
+        "peer",
     )
 
     def __init__(self, settings, policy, starttls=False, secure=False):
@@ -68,6 +69,7 @@ class Session:
         self.tls_pending = False  # STARTTLS answered; the handshake is next
         self.authenticated = False
         self.ident = new_ident() if settings.debug else None
+        self.peer = None  # the client's IP address (a PROXY header's), set before connected()
         self.phase = Phase.CONNECTED
         self.extended = False  # EHLO rather than HELO
         self.smtputf8 = False  # MAIL FROM carried SMTPUTF8

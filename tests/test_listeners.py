@@ -67,7 +67,7 @@ def test_ssl_listeners_have_modes_too(daemon):
     ("--listen={h}:{p} delay=2-1", "Invalid listener '{h}:{p} delay=2-1': bad delay"),
     ("--listen={h}:{p} colour=red", "Invalid listener '{h}:{p} colour=red': unknown setting "
                                     "'colour=red'"),
-    ("--listen={h}", "Invalid listener '{h}': expected [host]:port"),
+    ("--listen={h}", "Invalid listener '{h}': expected [host]:port or unix:/path"),
     ("--listen=192.0.2.1:{p}", "Address not available, could not bind to 192.0.2.1:{p}"),
     ("--ssl=False --ssl_listen={h}:{p}", "--ssl_listen needs --ssl=True"),
 ])

@@ -1,12 +1,23 @@
-"""The PROXY header reader driven with bytes, split every way a read can split them."""
+"""PROXY headers: the reader driven with bytes split every way a read can split
+them, then a proxy=on listener with real clients over loopback."""
 
+import asyncio
 import ipaddress
+import logging
+import socket
+import ssl
 import struct
+import time
 
 import pytest
+from tornado.iostream import StreamClosedError
+from tornado.tcpclient import TCPClient
 
+from blackhole import metrics
 from blackhole.proxy import V1_MAX, V2_MAX, V2_SIGNATURE, Header, ProxyError, parse
+from tests.conftest import HOST, in_thread, insecure_context
 from tests.test_session import every_split
+from tests.test_tls import ca, cert_files, context  # noqa: F401 - fixtures
 
 SMTP = b"EHLO pipelined\r\nNOOP\r\n"
 CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
@@ -135,3 +146,139 @@ def test_a_bad_header_is_refused_once_its_fault_has_arrived(data, error):
             read(chunks)
     with pytest.raises(ProxyError, match=error):
         parse(data)
+
+
+# A proxy=on listener, served on the test's loop, and real clients over loopback.
+
+async def open_raw(port):
+    return await TCPClient().connect(HOST, port)
+
+
+async def greeting_after(port, data):
+    """Send ``data`` in one write; the greeting and the first reply after it."""
+    stream = await open_raw(port)
+    await stream.write(data)
+    greeting = await stream.read_until(b"\r\n")
+    return stream, greeting
+
+
+def peers(server):
+    return [state.session.peer for state in server.sessions]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("header", [
+    b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 25\r\n",
+    v2(block=inet("192.0.2.1", "198.51.100.2", 56324, 25) + tlv(0x02, b"mx.example")),
+])
+async def test_the_header_names_the_client_and_pipelined_commands_are_kept(
+        smtp_server, header, caplog):
+    caplog.set_level(logging.DEBUG, logger="blackhole")
+    server, port = smtp_server(proxy_from="127.0.0.1", debug=True)
+    stream, greeting = await greeting_after(port, header + b"EHLO c\r\nNOOP\r\n")
+    assert greeting.startswith(b"220 ")
+    assert (await stream.read_until(b"250 2.0.0 OK\r\n")).startswith(b"250-")
+    assert [state.address for state in server.sessions] == [("192.0.2.1", 56324)]
+    assert peers(server) == ["192.0.2.1"]
+    logged = [record.getMessage() for record in caplog.records]
+    assert any(line.endswith("Connection from '192.0.2.1'") for line in logged), logged
+    stream.close()
+
+
+@pytest.mark.gen_test
+async def test_a_header_in_pieces_is_waited_for(smtp_server):
+    server, port = smtp_server(proxy_from="127.0.0.0/8,::1")
+    header = v2(family=0x21, block=inet("2001:db8::7", "2001:db8::1", 1000, 25))
+    stream = await open_raw(port)
+    for octet in range(len(header)):
+        await stream.write(header[octet:octet + 1])
+        await asyncio.sleep(0.002)
+    await stream.write(b"NOOP\r\n")
+    assert (await stream.read_until(b"\r\n")).startswith(b"220 ")
+    assert await stream.read_until(b"\r\n") == b"250 2.0.0 OK\r\n"
+    assert peers(server) == ["2001:db8::7"]
+    stream.close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("header", [v2(command=0x20, family=0x00), b"PROXY UNKNOWN\r\n"])
+async def test_a_health_check_is_the_balancers_own_connection(smtp_server, header):
+    server, port = smtp_server(proxy_from="127.0.0.1")
+    stream, greeting = await greeting_after(port, header)
+    assert greeting.startswith(b"220 ")
+    assert peers(server) == [HOST]
+    stream.close()
+
+
+async def refused(port, data, reason):
+    """``data`` gets no greeting, the connection is closed and counted for ``reason``."""
+    counted = metrics.counts[metrics.PROXY + metrics.PROXY_REASONS.index(reason)]
+    stream = await open_raw(port)
+    if data:
+        await stream.write(data)
+    with pytest.raises(StreamClosedError):
+        await stream.read_bytes(1)
+    assert metrics.counts[metrics.PROXY + metrics.PROXY_REASONS.index(reason)] == counted + 1
+
+
+@pytest.mark.gen_test(timeout=15)
+@pytest.mark.parametrize("data, reason", [
+    (b"EHLO plain.client\r\n", "malformed"),
+    (CLIENT_HELLO, "malformed"),
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", "malformed"),
+    (b"PROXY UNKNOWN " + b"x" * 100 + b"\r\n", "malformed"),  # over-long
+    (v2(family=0x11, size=5), "malformed"),
+    (v2(family=0x11, size=V2_MAX + 1), "malformed"),
+    (b"PROXY TCP4 1.2.3.4", "missing"),  # and nothing more within --timeout
+    (b"", "missing"),
+])
+async def test_a_bad_or_missing_header_closes_without_a_word_and_the_server_goes_on(
+        smtp_server, data, reason):
+    _, port = smtp_server(proxy_from="127.0.0.1", timeout=1)
+    started = time.monotonic()
+    await refused(port, data, reason)
+    assert (time.monotonic() - started < 1) == (reason == "malformed")
+    stream, greeting = await greeting_after(port, b"PROXY UNKNOWN\r\n")
+    assert greeting.startswith(b"220 ")
+    stream.close()
+
+
+@pytest.mark.gen_test
+async def test_a_connection_from_outside_proxy_from_is_closed(smtp_server):
+    _, port = smtp_server(proxy_from="192.0.2.0/24,::1")
+    await refused(port, b"", "untrusted")
+
+
+@pytest.mark.gen_test
+async def test_implicit_tls_behind_a_proxy_header_in_the_same_segment(
+        smtp_server, context):
+    """The ClientHello rides in the header's segment: it must reach the TLS layer whole."""
+    server, port = smtp_server(proxy_from="127.0.0.1", tls=context, implicit=True)
+
+    def client():
+        tls_client = insecure_context()
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = tls_client.wrap_bio(incoming, outgoing)
+        with socket.create_connection((HOST, port), timeout=10) as sock:
+            first = True
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    pending = outgoing.read()
+                    if first:  # header and ClientHello in one send
+                        pending, first = b"PROXY TCP4 192.0.2.9 192.0.2.1 4000 465\r\n" + pending, False
+                    sock.sendall(pending)
+                    incoming.write(sock.recv(65536))
+            sock.sendall(outgoing.read())
+            greeting = b""
+            while not greeting.endswith(b"\r\n"):
+                try:
+                    greeting += tls.read(1024)
+                except ssl.SSLWantReadError:
+                    incoming.write(sock.recv(65536))
+            return greeting
+
+    assert (await in_thread(client)).startswith(b"220 ")
+    assert peers(server) == ["192.0.2.9"]
