@@ -23,7 +23,7 @@ from tornado.iostream import SSLIOStream, StreamClosedError
 
 from blackhole import metrics, proxy, replies
 from blackhole.policy import DROP, HANG
-from blackhole.protocol import Session
+from blackhole.protocol import LMTPSession, Session
 from blackhole.replies import Reply
 
 log = logging.getLogger("blackhole")
@@ -47,8 +47,9 @@ class MailState:
         self.settings = settings
         self.listener = listener
         self.tls = listener.tls
-        self.session = Session(settings, listener.policy, starttls=listener.tls is not None,
-                               secure=listener.implicit)
+        self.session = (LMTPSession if listener.lmtp else Session)(
+            settings, listener.policy, starttls=listener.tls is not None,
+            secure=listener.implicit)
         self.sessions = None  # the live sessions this one belongs to, until it ends
         self._handshake = None  # the pending start_tls future
         self._loop = None

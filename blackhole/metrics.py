@@ -16,12 +16,12 @@ from tornado.httpserver import HTTPServer
 from tornado.httputil import (HTTPHeaders, HTTPMessageDelegate, HTTPServerConnectionDelegate,
                               ResponseStartLine)
 
-from blackhole.commands import COMMANDS
+from blackhole.commands import LMTP_COMMANDS
 from blackhole.descriptors import Accepting
 from blackhole.policy import STAGE_NAMES
 
 # Slots: every counter and histogram bucket has a fixed place.
-VERBS = (*sorted(COMMANDS), "other")
+VERBS = (*sorted(LMTP_COMMANDS), "other")  # SMTP's verbs and LHLO
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "other")
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300)  # seconds, then +Inf
 FAULT_ACTIONS = (*range(400, 600), "drop", "hang", "ok")  # what a rule, tag or limit can do
