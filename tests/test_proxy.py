@@ -251,9 +251,10 @@ async def test_a_connection_from_outside_proxy_from_is_closed(smtp_server):
 
 @pytest.mark.gen_test
 async def test_implicit_tls_behind_a_proxy_header_in_the_same_segment(
-        smtp_server, context):
+        smtp_server, context, caplog):
     """The ClientHello rides in the header's segment: it must reach the TLS layer whole."""
-    server, port = smtp_server(proxy_from="127.0.0.1", tls=context, implicit=True)
+    caplog.set_level(logging.DEBUG, logger="blackhole")
+    _, port = smtp_server(proxy_from="127.0.0.1", tls=context, implicit=True, debug=True)
 
     def client():
         tls_client = insecure_context()
@@ -281,4 +282,5 @@ async def test_implicit_tls_behind_a_proxy_header_in_the_same_segment(
             return greeting
 
     assert (await in_thread(client)).startswith(b"220 ")
-    assert peers(server) == ["192.0.2.9"]
+    logged = [record.getMessage() for record in caplog.records]
+    assert any(line.endswith("Connection from '192.0.2.9'") for line in logged), logged
