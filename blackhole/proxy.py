@@ -7,6 +7,11 @@ it can: None while the header may still be incomplete, a ``Header`` once it
 is whole (the bytes after it belong to the session), or ``ProxyError`` as
 soon as what arrived cannot begin a valid header, so a wrong client is
 refused without waiting for the timeout.
+
+Our own rather than the ``proxy-protocol`` package: that one (2,500 lines
+with TLV decoding and an asyncio server) reads from an asyncio StreamReader,
+a v1 line with an unbounded ``readline``; blackhole needs the header's exact
+length before taking any octet from the socket, and no more than this.
 """
 
 import ipaddress
