@@ -11,6 +11,9 @@ at once (a delay, a reply the socket will not take whole, STARTTLS, a stop)
 hands the connection to a task running the stream loop, ``_serve``, which
 keeps it from then on. The implicit-TLS port starts there, and so do a
 rule's delay, DROP and HANG.
+
+Whatever the path, the session's output is acted on as it comes (replies,
+pauses, then CLOSE, DROP, HANG, START_TLS or MORE: blackhole.actions).
 """
 
 import asyncio
@@ -22,7 +25,7 @@ import ssl
 from tornado.iostream import SSLIOStream, StreamClosedError
 
 from blackhole import metrics, proxy, replies
-from blackhole.policy import DROP, HANG
+from blackhole.actions import CLOSE, DROP, HANG, START_TLS, MORE, Pause
 from blackhole.protocol import LMTPSession, Session
 from blackhole.replies import Reply
 
@@ -37,7 +40,7 @@ class MailState:
 
     __slots__ = ("stream", "address", "settings", "listener", "tls", "session", "sessions",
                  "_loop", "_opened", "idle_since", "_messages", "_reading", "_stopping",
-                 "_handshake", "_fd", "_task", "_hang", "_proxy")
+                 "_handshake", "_fd", "_task", "_hang", "_more", "_proxy")
 
     def __init__(self, stream, address, settings, listener):
         """``listener``: where the connection came in (server.Listener), with its
@@ -67,6 +70,7 @@ class MailState:
         self._fd = None
         self._task = None  # the stream loop's task, held here: asyncio holds tasks weakly
         self._hang = None  # the timer that ends a HANG
+        self._more = False  # the session has input left over from its last batch
         # proxy=on: the PROXY header's octets taken so far, until it is whole.
         self._proxy = b"" if listener.proxy else None
 
@@ -93,7 +97,7 @@ class MailState:
             self._hand_over(self._greet_in_tls, None)
             return
         out = session.connected()
-        if len(out) > 1 or session.closing:  # a connect rule's delay, 421, DROP or HANG
+        if len(out) > 1 or out[0].__class__ is not Reply:  # a rule's delay, 421, DROP, HANG
             self._hand_over(self._answer, (out, True))
             return
         greeting = out[0].wire
@@ -177,21 +181,22 @@ class MailState:
         sessions = self.sessions
         restart = (out or session.in_data) and (
             len(sessions) < sessions.pressure or self._active(len(data)))
-        if session.backlog or session.tls_pending or self._stopping:
+        if self._stopping:
             self._hand_over(self._answer, (out, restart))
             return
         if out:
             chunks = []
             for item in out:
-                if item.__class__ is not Reply:  # a delay
+                if item.__class__ is Reply:
+                    chunks.append(item.wire)
+                elif item is not CLOSE:  # a Pause, DROP, HANG, START_TLS or MORE
                     self._hand_over(self._answer, (out, restart))
                     return
-                chunks.append(item.wire)
             if session.ident:
                 self._log_sent(chunks)
             if not self._send_direct(chunks[0] if len(chunks) == 1 else b"".join(chunks)):
                 return
-            if session.closing:
+            if out[-1] is CLOSE:
                 self.close()
                 return
         if restart:
@@ -250,15 +255,18 @@ class MailState:
             self._reading = False
 
     async def _serve(self, step, argument):
-        """The stream loop: serve the connection to its end."""
+        """The stream loop: serve the connection to its end.
+
+        ``await step(argument)`` comes first, and says whether to go on.
+        """
         session = self.session
         try:
-            await step(argument)
-            while not session.closing:
+            going = await step(argument)
+            while going:
                 if self._stopping and not session.in_data:
                     self._close_with(replies.SHUTTING_DOWN)
                     break
-                if session.backlog:
+                if self._more:
                     data = b""
                 else:
                     if self.idle_since is None:
@@ -267,7 +275,8 @@ class MailState:
                     data = await self.stream.read_bytes(READ_SIZE, partial=True)
                     self._reading = False
                 out = session.receive(data)
-                await self._answer((out, (out or session.in_data) and self._active(len(data))))
+                going = await self._answer(
+                    (out, (out or session.in_data) and self._active(len(data))))
         except StreamClosedError:
             pass  # the client went away, or the session was closed
         except Exception:
@@ -278,31 +287,38 @@ class MailState:
     async def _greet_in_tls(self, _):
         """The implicit-TLS port: the handshake, then the greeting."""
         await self._start_tls()
-        await self._answer((self.session.connected(), True))
+        return await self._answer((self.session.connected(), True))
 
     async def _answer(self, answer):
-        """Act on what one receive() returned, and whether it restarts the idle clock."""
+        """Act on what one receive() returned, and whether it restarts the idle
+        clock; return whether the session goes on."""
         out, restart = answer
-        session = self.session
+        action = None
         if out:
             since, self.idle_since = self.idle_since, None  # delays and writes are ours
-            await self._send(out)
+            action = await self._send(out)
             self.idle_since = None if restart else since
         elif restart:
             self.idle_since = None  # the loop restarts the clock before it reads
-        if session.tls_pending:
+        if action is CLOSE or action is DROP:
+            self.close()
+            return False
+        if action is START_TLS:
             await self._start_tls()
-            session.tls_started()
+            self.session.tls_started()
+        self._more = action is MORE
+        return True
 
     async def _flush(self, written):
         """Wait out a write the socket did not take at once; a non-reader is idle."""
         self.idle_since = self._loop.time()
         await written
         self.idle_since = None
+        return True
 
     async def _send(self, out):
-        """Write the replies of one batch at once, sleeping where a delay says;
-        DROP or HANG, always last, ends the session."""
+        """Write the replies of one batch at once, sleeping where a Pause says;
+        return the action that ends the batch, if any (HANG never returns)."""
         pending = []
         for item in out:
             if item.__class__ is Reply:
@@ -311,15 +327,16 @@ class MailState:
             if pending:
                 await self._write(pending)
                 pending = []
-            if item is DROP:
-                self.close()
+            if item.__class__ is Pause:
+                metrics.delayed(item.seconds)
+                await asyncio.sleep(item.seconds)
             elif item is HANG:
                 await self._hang_up()
             else:
-                metrics.delayed(item)
-                await asyncio.sleep(item)
+                return item  # CLOSE, DROP, START_TLS or MORE: always last
         if pending:
             await self._write(pending)
+        return None
 
     async def _hang_up(self):
         """Answer nothing more: read and discard until the client leaves, or

@@ -105,6 +105,18 @@ async def test_the_last_bdat_chunk_gets_a_reply_per_recipient(lmtp):
 
 
 @pytest.mark.gen_test
+async def test_too_large_a_last_bdat_chunk_fails_for_every_recipient(lmtp):
+    client = await lmtp(message_size_limit=10)
+    await client.command("LHLO client.example")
+    for line in ("MAIL FROM:<a@example.com>", "RCPT TO:<b@example.com>",
+                 "RCPT TO:<c@example.com>"):
+        await client.command(line)
+    await client.send(b"BDAT 11 LAST\r\nHello world")
+    assert [code for code, _ in await client.replies(2)] == [552, 552]
+    assert (await client.command("NOOP"))[0] == 250
+
+
+@pytest.mark.gen_test
 async def test_a_mode_decides_each_delivery(lmtp):
     client = await lmtp(mode="offline")
     await client.command("LHLO client.example")
