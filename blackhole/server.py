@@ -14,7 +14,6 @@ import logging
 import os
 import resource
 import socket
-import stat
 import sys
 from typing import NamedTuple
 

@@ -105,3 +105,19 @@ def test_owned_by_and_usable_by_the_workers_account(daemon):
             answer = said.read()
         assert os.waitpid(child, 0)[1] == 0
         assert answer == f"{NOBODY} {{}}"
+
+
+def test_a_proxy_header_over_a_unix_socket(daemon, tmp_path):
+    """A balancer on the same machine may deliver through the socket file:
+    whoever may open it may send the header, whatever --proxy_from says."""
+    port, path, log = free_port(), tmp_path / "smtp.sock", tmp_path / "debug.log"
+    daemon(f"--listen={HOST}:{port}, unix:{path} proxy=on", "--proxy_from=192.0.2.0/24",
+           "--debug", f"--log={log}", port=port)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(b"PROXY TCP6 2001:db8::5 2001:db8::1 4444 25\r\nQUIT\r\n")
+        lines = sock.makefile("rb")
+        assert lines.readline().startswith(b"220 ")
+        assert lines.readline().startswith(b"221 ")
+    assert "Connection from '2001:db8::5'" in log.read_text()
