@@ -14,6 +14,10 @@ rule's delay, DROP and HANG.
 
 Whatever the path, the session's output is acted on as it comes (replies,
 pauses, then CLOSE, DROP, HANG, START_TLS or MORE: blackhole.actions).
+
+On a proxy=on listener a read callback of its own, ``_on_proxy_readable``,
+comes first: it takes the PROXY header's octets off the socket, and no
+more, before the greeting or the TLS handshake (blackhole.proxy).
 """
 
 import asyncio
