@@ -198,9 +198,11 @@ class MailState:
                     return
             if session.ident:
                 self._log_sent(chunks)
-            if not self._send_direct(chunks[0] if len(chunks) == 1 else b"".join(chunks)):
+            closing = out[-1] is CLOSE
+            if not self._send_direct(chunks[0] if len(chunks) == 1 else b"".join(chunks),
+                                     closing):
                 return
-            if out[-1] is CLOSE:
+            if closing:
                 self.close()
                 return
         if restart:
@@ -225,10 +227,11 @@ class MailState:
         self.idle_since = min(self._loop.time(), since + octets / MIN_DATA_RATE)
         return False
 
-    def _send_direct(self, data):
+    def _send_direct(self, data, closing=False):
         """Send from the direct path, where Tornado has nothing queued.
 
-        Returns False if the session was handed over (to finish the write) or closed.
+        Returns False if the session was handed over (to finish the write, then
+        close if ``closing``) or closed.
         """
         try:
             sent = self.stream.socket.send(data)
@@ -241,7 +244,7 @@ class MailState:
             return True
         self._stop_direct()  # before Tornado, which may close the socket
         try:
-            self._hand_over(self._flush, self.stream.write(data[sent:]))
+            self._hand_over(self._flush, (self.stream.write(data[sent:]), closing))
         except StreamClosedError:
             self.close()
         return False
@@ -313,12 +316,14 @@ class MailState:
         self._more = action is MORE
         return True
 
-    async def _flush(self, written):
-        """Wait out a write the socket did not take at once; a non-reader is idle."""
+    async def _flush(self, write):
+        """Wait out a write the socket did not take at once, and say whether the
+        session goes on: not if the replies written end it. A non-reader is idle."""
+        written, closing = write
         self.idle_since = self._loop.time()
         await written
         self.idle_since = None
-        return True
+        return not closing
 
     async def _send(self, out):
         """Write the replies of one batch at once, sleeping where a Pause says;

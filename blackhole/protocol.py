@@ -196,12 +196,12 @@ class Session:
         """
         if not self.bdat:  # the transaction's first chunk, or one refused before it
             self.bdat = not refused
-            self._reader = ChunkReader(self._end_of_chunk, self._headers(), self.ident)
+            self._reader = ChunkReader(self._end_of_chunk, self._headers())
         self._chunk_reply = reply
         self._chunk_refused = refused
         self.in_data = True
         self._consume = self._reader.read
-        self._reader.take(size, counted=not refused)
+        self._reader.take(size, not refused, self.ident)
 
     def start_auth(self, mechanism):
         """AUTH (RFC 4954 4): run a mechanism's exchange of 334 challenges.

@@ -185,19 +185,20 @@ class ChunkReader:
 
     __slots__ = ("size", "headers", "_finished", "_ident", "_scanning", "_left", "_counted")
 
-    def __init__(self, finished, headers, ident):
+    def __init__(self, finished, headers):
         self.size = 0  # octets of the chunks counted so far
         self.headers = headers
         self._finished = finished
-        self._ident = ident
+        self._ident = None
         self._scanning = headers is not None
         self._left = 0
         self._counted = True
 
-    def take(self, size, counted=True):
-        """The next chunk is ``size`` octets."""
+    def take(self, size, counted, ident):
+        """The next chunk is ``size`` octets; ``ident``: the session's debug ID now."""
         self._left = size
         self._counted = counted
+        self._ident = ident
         if not size:
             self._finished()
 
