@@ -12,10 +12,31 @@ import subprocess
 import pytest
 
 from blackhole import metrics
+from blackhole.config import Settings
+from blackhole.policy import Policy
+from blackhole.protocol import LMTPSession
+from blackhole.replies import Reply
 from tests.conftest import HOST, free_port
+from tests.test_session import every_split
 
 MESSAGE = b"Subject: lmtp\r\n\r\nbody\r\n.\r\n"
 SMTP_SOURCE = "/usr/sbin/smtp-source"  # Debian's postfix; .ci/run installs it
+
+
+def test_the_replies_do_not_depend_on_where_reads_end():
+    """Two transactions, by DATA and by BDAT; a 421 for one recipient ends the
+    session, so the recipient after it gets no reply."""
+    dialogue = (b"LHLO c\r\nMAIL FROM:<a+eod-452@x.example>\r\nRCPT TO:<b@x.example>\r\n"
+                b"RCPT TO:<c+eod-550@x.example>\r\nRCPT TO:<d+rcpt-450@x.example>\r\n"
+                b"RCPT TO:<e+eod-ok@x.example>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n"
+                b"MAIL FROM:<a@x.example>\r\nRCPT TO:<f+eod-421@x.example>\r\n"
+                b"RCPT TO:<g@x.example>\r\nBDAT 4 LAST\r\nabcdNOOP\r\n")
+    expected = [250, 250, 250, 250, 450, 250, 354, 452, 550, 250, 250, 250, 250, 421]
+    for chunks in every_split(dialogue):
+        session = LMTPSession(Settings(mailname="lmtp.example"), Policy())
+        codes = [item.code for chunk in chunks for item in session.receive(chunk)
+                 if isinstance(item, Reply)]
+        assert codes == expected, chunks
 
 
 @pytest.fixture
