@@ -269,7 +269,8 @@ async def test_implicit_tls_behind_a_proxy_header_in_the_same_segment(
                 except ssl.SSLWantReadError:
                     pending = outgoing.read()
                     if first:  # header and ClientHello in one send
-                        pending, first = b"PROXY TCP4 192.0.2.9 192.0.2.1 4000 465\r\n" + pending, False
+                        pending = b"PROXY TCP4 192.0.2.9 192.0.2.1 4000 465\r\n" + pending
+                        first = False
                     sock.sendall(pending)
                     incoming.write(sock.recv(65536))
             sock.sendall(outgoing.read())
