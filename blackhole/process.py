@@ -39,10 +39,11 @@ _owner = None  # (uid, gid) the log file belongs to, when workers switch account
 class Plan(NamedTuple):
     """Everything checked and bound before the first fork."""
 
-    listeners: list  # (server.Listener, bound sockets for each worker, its Policy)
+    listeners: list  # (server.Listener with its Policy and TLS, bound sockets for each worker)
     context: object  # the server SSLContext, or None
     account: object  # a privileges.Account, or None to stay as we are
     metrics: list  # the bound sockets of the metrics port, or none
+    files: list  # (path, inode) of each Unix-domain socket bound, removed at exit
     limits: object = None  # the capacity.Limits every worker shares, or None
 
 
@@ -72,19 +73,39 @@ def prepare(values, settings, policy):
                                      values.tls_min_version, settings.mailname)
     account = privileges.resolve(values.user, values.group)
     server.raise_file_limit()
+    proxy_from = server.parse_networks(values.proxy_from)
+    socket_mode = server.parse_socket_mode(values.socket_mode)
     # In memory shared with the workers forked later, as the metrics are.
     limits = capacity.shared(values)
-    bound = []
-    for listener in wanted:
-        # One Random for every listener's draws, so that --seed repeats them all.
-        own = Policy(listener.mode or policy.mode,
-                     policy.delay if listener.delay is None else listener.delay,
-                     policy.rules if listener.rules is None else listener.rules,
-                     policy.draws, limits)
-        bound.append((listener, server.bind(listener.host, listener.port, values.workers), own))
-    scrape = (server.bind(values.metrics_host, values.metrics_port)[0]
-              if values.metrics_port else [])
-    return Plan(bound, context, account, scrape, limits)
+    bound, files = [], []
+    try:
+        for listener in wanted:
+            # One Random for every listener's draws, so that --seed repeats them all.
+            own = Policy(listener.mode or policy.mode,
+                         policy.delay if listener.delay is None else listener.delay,
+                         policy.rules if listener.rules is None else listener.rules,
+                         policy.draws, limits)
+            if listener.path:
+                sock, inode = server.bind_unix(listener.path, socket_mode,
+                                               account and (account.uid, account.gid))
+                files.append((listener.path, inode))
+                sockets = [[sock]]  # one socket that every worker accepts on
+            else:
+                sockets = server.bind(listener.host, listener.port, values.workers)
+            bound.append((listener._replace(policy=own, tls=context, proxy_from=proxy_from),
+                          sockets))
+        scrape = (server.bind(values.metrics_host, values.metrics_port)[0]
+                  if values.metrics_port else [])
+    except BlackholeError:
+        remove_files(files)
+        raise
+    return Plan(bound, context, account, scrape, files, limits)
+
+
+def remove_files(files):
+    """Remove the Unix-domain socket files we bound."""
+    for path, inode in files:
+        server.unbind_unix(path, inode)
 
 
 def workers_of(pid):
@@ -170,6 +191,7 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
                 policy.draws.seed()  # or every worker would draw what its siblings draw
             _worker(plan, values, settings, stderr, _master, blocks, task)
     signal.setitimer(signal.ITIMER_REAL, 0)
+    remove_files(plan.files)
     log.info("%s", metrics.summary(blocks))
     log.info("Stopped")
     return code
@@ -178,10 +200,13 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
 def announcement(plan, values, settings):
     """What the master says it serves: logged by ``run``, printed by ``start``."""
     lines = []
-    for listener, _, own in plan.listeners:
+    for listener, _ in plan.listeners:
+        own = listener.policy
         delay = own.delay if isinstance(own.delay, tuple) else (own.delay,) * 2
-        lines.append(f"Listening{' for SMTPS' if listener.implicit else ''} on {listener}, "
-                     f"mode {own.mode}"
+        speaks = (("", " for SMTPS"), (" for LMTP", " for LMTP over TLS"))[
+            listener.lmtp][listener.implicit]
+        lines.append(f"Listening{speaks} on {listener}"
+                     f"{', PROXY header first' if listener.proxy else ''}, mode {own.mode}"
                      + (f", delay {'-'.join(f'{d:g}' for d in sorted(set(delay)))}s"
                         if own.delay else "")
                      + (f", rules {' '.join(rule.token for rule in own.rules)}"
@@ -242,8 +267,8 @@ async def _serve(plan, settings, blocks, task):
     sessions = server.Sessions(
         settings.timeout, descriptors.budget(metrics.CONNECTIONS if plan.metrics else 0))
     servers = []
-    for listener, sockets, own in mine:
-        smtp = server.SMTPServer(settings, own, plan.context, listener.implicit, sessions)
+    for listener, sockets in mine:
+        smtp = server.SMTPServer(settings, listener, sessions)
         smtp.add_sockets(sockets)
         servers.append(smtp)
     stop = asyncio.Event()
@@ -267,10 +292,10 @@ def _own_sockets(listeners, task):
     """This worker's sockets of each listener; the other workers' are closed
     here, where they would only use up descriptors."""
     mine = []
-    for listener, per_worker, own in listeners:
+    for listener, per_worker in listeners:
         for index, sockets in enumerate(per_worker):
             if index == task % len(per_worker):
-                mine.append((listener, sockets, own))
+                mine.append((listener, sockets))
             else:
                 for sock in sockets:
                     sock.close()
