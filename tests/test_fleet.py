@@ -132,3 +132,21 @@ def test_implicit_tls_behind_send_proxy_v2(daemon, haproxy, tmp_path):
                           context=insecure_context()) as smtp:
         smtp.sendmail("a@example.com", ["b@example.com"], MESSAGE)
     assert logged(log, CLIENT), connections(log)
+
+
+def test_greylisting_behind_the_balancer_sees_each_client(daemon, haproxy):
+    """Every client comes through HAProxy's one address; the triplets are the clients'."""
+    sink, front = free_port(), free_port()
+    daemon(f"--listen={HOST}:{sink} proxy=on", "--greylist=1", port=sink)
+    haproxy(config({front: [(sink, "send-proxy-v2")]}), [front])
+
+    def rcpt(client):
+        with smtplib.SMTP(HOST, front, source_address=(client, 0), timeout=10) as smtp:
+            smtp.ehlo()
+            smtp.mail("a@example.com")
+            return smtp.rcpt("b@example.com")[0]
+
+    assert rcpt(CLIENT) == 451
+    time.sleep(1.5)
+    assert rcpt(CLIENT) == 250
+    assert rcpt("127.0.0.3") == 451  # another client behind the same balancer: a new triplet
