@@ -100,7 +100,7 @@ class _Port(Accepting, HTTPServer):
 
 
 def _json(status, value):
-    return status, _JSON, (json.dumps(value, indent=1) + "\n").encode()
+    return status, _JSON, (json.dumps(value) + "\n").encode()
 
 
 def _line(status, text):
