@@ -161,6 +161,9 @@ def _reloader(values, book):
         except BlackholeError as error:
             log.error("Reload of %s failed, the running settings stay: %s", values.conf, error)
             return
+        except Exception:  # in a signal handler of the master, which must go on
+            log.exception("Reload of %s failed, the running settings stay", values.conf)
+            return
         book.lock()  # held by a worker only between two of its awaits
         try:
             generation = book.publish(settings)

@@ -269,11 +269,12 @@ class Follower:
             return 503, "another change is being made: try again"
         try:
             generation, current = self.book.current()
-            new = revise(current)
-            generation = self.book.publish(new)
+            try:
+                new = revise(current)
+                generation = self.book.publish(new)  # written whole, or not at all
+            except ValueError as error:
+                return 400, str(error)
             self._apply(generation, new)
-        except ValueError as error:
-            return 400, str(error)
         finally:
             self.book.unlock()
         siblings = [pid for pid in self.live() if pid != os.getpid()]
