@@ -155,7 +155,7 @@ class _Pages(HTTPServerConnectionDelegate):
     async def put(self, body):
         try:
             change = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
             return _line(400, f"the body is not JSON: {error}")
         running = self.follower.book.running
         return self._changed(await self.follower.change(

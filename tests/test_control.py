@@ -163,6 +163,8 @@ def test_put_keeps_what_it_leaves_out_and_sets_listeners_own(controlled):
 BAD = [
     ("not json", "the body is not JSON"),
     ("[1, 2]", "the body must be a JSON object"),
+    ("[" * 60000, "the body is not JSON: maximum recursion depth exceeded"),
+    (b"\xff{}", "the body is not JSON: 'utf-8' codec can't decode"),
     ({"mode": "accept", "colour": "red"}, 'unknown key "colour"'),
     ({"rules": ["mail:451"], "mode": "sometimes"}, 'mode: "sometimes" is not one of accept'),
     ({"delay": "3-1"}, 'delay: "3-1" is not a string of N or MIN-MAX seconds'),
