@@ -56,8 +56,8 @@ def test_sighup_applies_a_good_config_and_keeps_the_running_one_on_error(daemon,
         until(lambda: log.read_text().count("Reload of") == lines + 1)
         assert rules(metrics_port) == reloaded, bad
     failures = [line for line in log.read_text().splitlines() if "Reload of" in line]
-    assert failures[0].endswith(f"Reload of {conf} failed, the running settings stay: "
-                                "Invalid rule 'rcpt:650': the code must be 4xx or 5xx")
+    assert len(failures) == 5 and failures[0].endswith(f"Reload of {conf} failed, the running settings stay: "
+                                "Invalid rule 'rcpt:650': the code must be 4xx or 5xx"), log.read_text()
     assert "Traceback" not in log.read_text()
     assert mail_code(port) == 451 and process.poll() is None
     conf.write_text("")  # back to the command line's values
