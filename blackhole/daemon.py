@@ -146,7 +146,7 @@ def start(values, settings, policy):
     os.setsid()
     if os.fork():
         os._exit(0)
-    keep = {writer} | {sock.fileno() for _, per_worker, _ in plan.listeners
+    keep = {writer} | {sock.fileno() for _, per_worker in plan.listeners
                        for sockets in per_worker for sock in sockets}
     keep |= {sock.fileno() for sock in plan.metrics}
     _detach(keep)

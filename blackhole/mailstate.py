@@ -11,6 +11,9 @@ at once (a delay, a reply the socket will not take whole, STARTTLS, a stop)
 hands the connection to a task running the stream loop, ``_serve``, which
 keeps it from then on. The implicit-TLS port starts there, and so do a
 rule's delay, DROP and HANG.
+
+Whatever the path, the session's output is acted on as it comes (replies,
+pauses, then CLOSE, DROP, HANG, START_TLS or MORE: blackhole.actions).
 """
 
 import asyncio
@@ -20,7 +23,7 @@ import ssl
 from tornado.iostream import SSLIOStream, StreamClosedError
 
 from blackhole import metrics, replies
-from blackhole.policy import DROP, HANG
+from blackhole.actions import CLOSE, DROP, HANG, START_TLS, MORE, Pause
 from blackhole.protocol import Session
 from blackhole.replies import Reply
 
@@ -35,15 +38,17 @@ class MailState:
 
     __slots__ = ("stream", "address", "settings", "tls", "session", "sessions", "_loop",
                  "_opened", "idle_since", "_messages", "_reading", "_stopping", "_handshake",
-                 "_fd", "_task", "_hang")
+                 "_fd", "_task", "_hang", "_more")
 
-    def __init__(self, stream, address, settings, policy, tls=None, implicit=False):
-        """``tls``: the server SSLContext, offered by STARTTLS or, if ``implicit``, at once."""
+    def __init__(self, stream, address, settings, listener):
+        """``listener``: where the connection came in (server.Listener), with its
+        policy and TLS context, offered by STARTTLS or, if implicit, at once."""
         self.stream = stream
         self.address = address
         self.settings = settings
-        self.tls = tls
-        self.session = Session(settings, policy, starttls=tls is not None, secure=implicit)
+        self.tls = listener.tls
+        self.session = Session(settings, listener.policy, starttls=listener.tls is not None,
+                               secure=listener.implicit)
         self.sessions = None  # the live sessions this one belongs to, until it ends
         self._handshake = None  # the pending start_tls future
         self._loop = None
@@ -61,6 +66,7 @@ class MailState:
         self._fd = None
         self._task = None  # the stream loop's task, held here: asyncio holds tasks weakly
         self._hang = None  # the timer that ends a HANG
+        self._more = False  # the session has input left over from its last batch
 
     def start(self, sessions):
         """Greet and serve, as one of ``sessions`` until the session ends."""
@@ -76,7 +82,7 @@ class MailState:
             self._hand_over(self._greet_in_tls, None)
             return
         out = session.connected()
-        if len(out) > 1 or session.closing:  # a connect rule's delay, 421, DROP or HANG
+        if len(out) > 1 or out[0].__class__ is not Reply:  # a rule's delay, 421, DROP, HANG
             self._hand_over(self._answer, (out, True))
             return
         greeting = out[0].wire
@@ -109,21 +115,24 @@ class MailState:
         sessions = self.sessions
         restart = (out or session.in_data) and (
             len(sessions) < sessions.pressure or self._active(len(data)))
-        if session.backlog or session.tls_pending or self._stopping:
+        if self._stopping:
             self._hand_over(self._answer, (out, restart))
             return
         if out:
             chunks = []
             for item in out:
-                if item.__class__ is not Reply:  # a delay
+                if item.__class__ is Reply:
+                    chunks.append(item.wire)
+                elif item is not CLOSE:  # a Pause, DROP, HANG, START_TLS or MORE
                     self._hand_over(self._answer, (out, restart))
                     return
-                chunks.append(item.wire)
             if session.ident:
                 self._log_sent(chunks)
-            if not self._send_direct(chunks[0] if len(chunks) == 1 else b"".join(chunks)):
+            closing = out[-1] is CLOSE
+            if not self._send_direct(chunks[0] if len(chunks) == 1 else b"".join(chunks),
+                                     closing):
                 return
-            if session.closing:
+            if closing:
                 self.close()
                 return
         if restart:
@@ -148,10 +157,11 @@ class MailState:
         self.idle_since = min(self._loop.time(), since + octets / MIN_DATA_RATE)
         return False
 
-    def _send_direct(self, data):
+    def _send_direct(self, data, closing=False):
         """Send from the direct path, where Tornado has nothing queued.
 
-        Returns False if the session was handed over (to finish the write) or closed.
+        Returns False if the session was handed over (to finish the write, then
+        close if ``closing``) or closed.
         """
         try:
             sent = self.stream.socket.send(data)
@@ -164,7 +174,7 @@ class MailState:
             return True
         self._stop_direct()  # before Tornado, which may close the socket
         try:
-            self._hand_over(self._flush, self.stream.write(data[sent:]))
+            self._hand_over(self._flush, (self.stream.write(data[sent:]), closing))
         except StreamClosedError:
             self.close()
         return False
@@ -182,15 +192,18 @@ class MailState:
             self._reading = False
 
     async def _serve(self, step, argument):
-        """The stream loop: serve the connection to its end."""
+        """The stream loop: serve the connection to its end.
+
+        ``await step(argument)`` comes first, and says whether to go on.
+        """
         session = self.session
         try:
-            await step(argument)
-            while not session.closing:
+            going = await step(argument)
+            while going:
                 if self._stopping and not session.in_data:
                     self._close_with(replies.SHUTTING_DOWN)
                     break
-                if session.backlog:
+                if self._more:
                     data = b""
                 else:
                     if self.idle_since is None:
@@ -199,7 +212,8 @@ class MailState:
                     data = await self.stream.read_bytes(READ_SIZE, partial=True)
                     self._reading = False
                 out = session.receive(data)
-                await self._answer((out, (out or session.in_data) and self._active(len(data))))
+                going = await self._answer(
+                    (out, (out or session.in_data) and self._active(len(data))))
         except StreamClosedError:
             pass  # the client went away, or the session was closed
         except Exception:
@@ -210,31 +224,40 @@ class MailState:
     async def _greet_in_tls(self, _):
         """The implicit-TLS port: the handshake, then the greeting."""
         await self._start_tls()
-        await self._answer((self.session.connected(), True))
+        return await self._answer((self.session.connected(), True))
 
     async def _answer(self, answer):
-        """Act on what one receive() returned, and whether it restarts the idle clock."""
+        """Act on what one receive() returned, and whether it restarts the idle
+        clock; return whether the session goes on."""
         out, restart = answer
-        session = self.session
+        action = None
         if out:
             since, self.idle_since = self.idle_since, None  # delays and writes are ours
-            await self._send(out)
+            action = await self._send(out)
             self.idle_since = None if restart else since
         elif restart:
             self.idle_since = None  # the loop restarts the clock before it reads
-        if session.tls_pending:
+        if action is CLOSE or action is DROP:
+            self.close()
+            return False
+        if action is START_TLS:
             await self._start_tls()
-            session.tls_started()
+            self.session.tls_started()
+        self._more = action is MORE
+        return True
 
-    async def _flush(self, written):
-        """Wait out a write the socket did not take at once; a non-reader is idle."""
+    async def _flush(self, write):
+        """Wait out a write the socket did not take at once, and say whether the
+        session goes on: not if the replies written end it. A non-reader is idle."""
+        written, closing = write
         self.idle_since = self._loop.time()
         await written
         self.idle_since = None
+        return not closing
 
     async def _send(self, out):
-        """Write the replies of one batch at once, sleeping where a delay says;
-        DROP or HANG, always last, ends the session."""
+        """Write the replies of one batch at once, sleeping where a Pause says;
+        return the action that ends the batch, if any (HANG never returns)."""
         pending = []
         for item in out:
             if item.__class__ is Reply:
@@ -243,15 +266,16 @@ class MailState:
             if pending:
                 await self._write(pending)
                 pending = []
-            if item is DROP:
-                self.close()
+            if item.__class__ is Pause:
+                metrics.delayed(item.seconds)
+                await asyncio.sleep(item.seconds)
             elif item is HANG:
                 await self._hang_up()
             else:
-                metrics.delayed(item)
-                await asyncio.sleep(item)
+                return item  # CLOSE, DROP, START_TLS or MORE: always last
         if pending:
             await self._write(pending)
+        return None
 
     async def _hang_up(self):
         """Answer nothing more: read and discard until the client leaves, or

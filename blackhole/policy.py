@@ -19,6 +19,7 @@ import re
 from typing import NamedTuple
 
 from blackhole import replies
+from blackhole.actions import DROP, HANG
 from blackhole.replies import END_OF_DATA
 
 _ACCEPT = (250,)
@@ -58,22 +59,6 @@ class Stage:
 # sender's to every recipient and the data, a recipient's to the data.
 TRANSACTION_STAGES = frozenset((Stage.DATA, Stage.BDAT, Stage.EOD))
 SENDER_STAGES = TRANSACTION_STAGES | {Stage.RCPT}
-
-
-class Action:
-    """An answer that is no reply, for the I/O layer to carry out."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name):
-        self.name = name
-
-    def __repr__(self):
-        return f"<Action {self.name}>"
-
-
-DROP = Action("drop")  # close the connection at once, with no reply
-HANG = Action("hang")  # no reply; read and discard until --timeout, then close
 
 
 class Rule(NamedTuple):

@@ -43,7 +43,7 @@ _reload = None  # in the master: what SIGHUP re-reads the settings with
 class Plan(NamedTuple):
     """Everything checked and bound before the first fork."""
 
-    listeners: list  # (server.Listener, bound sockets for each worker, its Policy)
+    listeners: list  # (server.Listener with its Policy and TLS, bound sockets for each worker)
     context: object  # the server SSLContext, or None
     account: object  # a privileges.Account, or None to stay as we are
     metrics: list  # the bound sockets of the metrics port, or none
@@ -83,7 +83,8 @@ def prepare(values, settings, policy):
                      policy.delay if listener.delay is None else listener.delay,
                      policy.rules if listener.rules is None else listener.rules,
                      policy.draws)
-        bound.append((listener, server.bind(listener.host, listener.port, values.workers), own))
+        bound.append((listener._replace(policy=own, tls=context),
+                      server.bind(listener.host, listener.port, values.workers)))
     admin = control.admin(values.admin_from, values.admin_token)
     scrape = (server.bind(values.metrics_host, values.metrics_port)[0]
               if values.metrics_port else [])
@@ -213,8 +214,8 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
     book = rulebook.Rulebook(
         values.workers,
         rulebook.started(policy.mode, policy.delay, policy.rules,
-                         [listener for listener, _, _ in plan.listeners]),
-        [str(listener) for listener, _, _ in plan.listeners])
+                         [listener for listener, _ in plan.listeners]),
+        [str(listener) for listener, _ in plan.listeners])
     _reload = _reloader(values, book)
     if ready:
         ready()
@@ -240,7 +241,8 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
 def announcement(plan, values, settings):
     """What the master says it serves: logged by ``run``, printed by ``start``."""
     lines = []
-    for listener, _, own in plan.listeners:
+    for listener, _ in plan.listeners:
+        own = listener.policy
         delay = own.delay if isinstance(own.delay, tuple) else (own.delay,) * 2
         lines.append(f"Listening{' for SMTPS' if listener.implicit else ''} on {listener}, "
                      f"mode {own.mode}"
@@ -297,13 +299,13 @@ def _worker(plan, values, settings, stderr, master, blocks, book, task):
 async def _serve(plan, settings, blocks, follower):
     """Serve the follower's task's sockets until a stop signal arrives."""
     mine = _own_sockets(plan.listeners, follower.task)
-    follower.served = [(str(listener), own) for listener, _, own in mine]
+    follower.served = [(str(listener), listener.policy) for listener, _ in mine]
     # The budget is what the descriptor limit leaves once all else is open.
     sessions = server.Sessions(
         settings.timeout, descriptors.budget(control.CONNECTIONS if plan.metrics else 0))
     servers = []
-    for listener, sockets, own in mine:
-        smtp = server.SMTPServer(settings, own, plan.context, listener.implicit, sessions)
+    for listener, sockets in mine:
+        smtp = server.SMTPServer(settings, listener, sessions)
         smtp.add_sockets(sockets)
         servers.append(smtp)
     stop = asyncio.Event()
@@ -335,10 +337,10 @@ def _own_sockets(listeners, task):
     """This worker's sockets of each listener; the other workers' are closed
     here, where they would only use up descriptors."""
     mine = []
-    for listener, per_worker, own in listeners:
+    for listener, per_worker in listeners:
         for index, sockets in enumerate(per_worker):
             if index == task % len(per_worker):
-                mine.append((listener, sockets, own))
+                mine.append((listener, sockets))
             else:
                 for sock in sockets:
                     sock.close()

@@ -1,38 +1,33 @@
-"""The SMTP session without I/O: bytes in, replies out.
+"""The SMTP session without I/O: bytes in, what to do out.
 
-What comes out is a list of Replies, each perhaps after a pause (a number of
-seconds), and at most one DROP or HANG, last, for the I/O layer to act on.
-Every reply's decision goes to the policy (``decide``): the greeting's at
-``connected``, a command's once it is found valid, the end of data's.
+What comes out is a list of Replies, each perhaps after a Pause, and last at
+most one action for the I/O layer (blackhole.actions: DROP, HANG, CLOSE,
+START_TLS, MORE). Every reply's decision goes to the policy (``decide``):
+the greeting's at ``connected``, a command's once it is found valid, the
+end of data's.
 
-The session owns the receive buffer.  Complete command lines go through the
-command table; message data (DATA or BDAT chunks) is counted and thrown away
-as it streams, so a session holds at most one line whatever a client sends.
-Only the header section of a message is read, for its X-Blackhole-* switches.
+The session keeps the dialogue's state and owns the receive buffer.
+Complete command lines go through the command table; message data and AUTH
+responses go to the reader the state calls for (blackhole.readers), so a
+session holds at most one line whatever a client sends.
 """
 
-import base64
-import binascii
 import logging
 import random
 
 from blackhole import auth, metrics, policy, replies
+from blackhole.actions import CLOSE, MORE, START_TLS, Pause
 from blackhole.commands import COMMANDS, MAX_LINE, Phase, Refusal
 from blackhole.metrics import MESSAGE, MESSAGE_BYTES, OTHER_VERB, RECIPIENTS, REPLY, VERB_SLOTS
 from blackhole.policy import SENDER_STAGES, TRANSACTION_STAGES, Stage
+from blackhole.readers import AuthReader, ChunkReader, DataReader, Headers
 from blackhole.replies import Reply
 
 log = logging.getLogger("blackhole")
 
 MAX_ERRORS = 10  # bad commands before 421 and close
 MAX_BATCH = 256  # replies owed at once; the rest of the input waits its turn
-MAX_DATA_LINE = 1000  # octets with the line ending (RFC 5321 4.5.3.1.6)
 MAX_AUTH_LINE = 12288  # octets of an AUTH response (RFC 4954 4)
-MAX_HEADER_LINES = 1000  # header lines read for switches; the rest is body to us
-_SWITCHES = {b"x-blackhole-mode": "mode", b"x-blackhole-delay": "delay"}
-# The first octet a switch's header line can have, in either case.
-_SWITCH_INITIALS = frozenset(name[0] for key in _SWITCHES for name in (key, key.upper()))
-_END_OF_DATA = b"\r\n.\r\n"  # the only end of data (RFC 5321 4.1.1.4)
 
 
 def new_ident():
@@ -52,12 +47,11 @@ class Session:
 
     __slots__ = (
         "settings", "policy", "ident", "phase", "extended", "smtputf8",
-        "recipients", "errors", "closing", "in_data", "backlog", "message_size",
+        "recipients", "errors", "closing", "in_data", "message_size",
         "starttls_offered", "secure", "tls_pending", "authenticated", "bdat",
-        "binarymime", "_out", "_consume", "_unread", "_discarding", "_tail",
-        "_size", "_dots", "_line", "_long_line", "_debug_line", "_switches",
-        "_header_line", "_folding", "_header_lines", "_chunk_left", "_chunk_reply",
-        "_chunk_refused", "_auth", "_counts", "messages", "_rules", "_tags", "_delay",
+        "binarymime", "_out", "_consume", "_unread", "_discarding", "_reader",
+        "_chunk_reply", "_chunk_refused", "_auth", "_counts", "messages", "_rules",
+        "_tags", "_delay",
     )
 
     def __init__(self, settings, policy, starttls=False, secure=False):
@@ -75,9 +69,8 @@ class Session:
         self.bdat = False  # this transaction's data comes in BDAT chunks
         self.recipients = 0
         self.errors = 0
-        self.closing = False  # a reply that closes the connection was given
+        self.closing = False  # the dialogue is over: nothing more is read
         self.in_data = False  # message data is streaming in (DATA or a BDAT chunk)
-        self.backlog = False  # input is left over: call receive(b"") before reading
         self.message_size = 0  # of the last message, after dot-unstuffing
         self.messages = 0  # messages whose end has been answered
         self._out = []
@@ -85,18 +78,19 @@ class Session:
         self._rules = policy.stage_rules
         self._tags = None  # the transaction's tags, by stage
         self._delay = None  # the deciding rule's or tag's delay, for the next reply
-        self._consume = self._commands
+        self._consume = self._commands  # what takes the next bytes: commands or a reader
         self._unread = b""  # a line not yet ended, or a batch's leftover
         self._discarding = False  # skipping the rest of an overlong line
+        self._reader = None  # the DataReader or ChunkReader of the message coming in
+        self._auth = None  # the AuthReader of an exchange under way
 
     def receive(self, data):
-        """Take the bytes a client sent; return the replies owed, in order.
+        """Take the bytes a client sent; return the replies owed and what to do.
 
-        A number in the list is a delay in seconds to wait before the reply
-        after it.  Nothing after a closing reply is read.  At most MAX_BATCH
-        replies come back at once, so a client that pipelines without reading
-        cannot make replies pile up: ``backlog`` then says to send these and
-        call again with ``b""`` before reading more.
+        Nothing after a closing reply is read (CLOSE, DROP or HANG ends the
+        list). At most MAX_BATCH replies come back at once, so a client that
+        pipelines without reading cannot make replies pile up: MORE then says
+        to send these and call again with ``b""`` before reading more.
         """
         out = self._out = []
         if self._unread:
@@ -110,10 +104,10 @@ class Session:
             # inside TLS (RFC 3207 5; CVE-2011-0411).
             if self.ident and pos < end:
                 log.debug("[%s] Dropped %d octets sent after STARTTLS", self.ident, end - pos)
-            pos = end
-        self.backlog = pos < end and not self.closing
-        if self.backlog:
+            out.append(START_TLS)
+        elif pos < end and not self.closing:
             self._unread = data[pos:]
+            out.append(MORE)
         return out
 
     def connected(self):
@@ -188,12 +182,8 @@ class Session:
     def start_data(self):
         """DATA accepted: the message streams in up to <CRLF>.<CRLF>."""
         self.in_data = True
-        self._consume = self._data
-        self._tail = b"\r\n"  # the DATA line's own CRLF precedes the data
-        self._size = self._dots = self._line = 0
-        self._long_line = False
-        self._debug_line = b""
-        self._start_headers()
+        self._reader = DataReader(self._end_of_message, self._headers(), self.ident)
+        self._consume = self._reader.read
 
     def start_chunk(self, size, reply, refused=False):
         """BDAT (RFC 3030 2): take exactly ``size`` octets, then answer ``reply``.
@@ -201,26 +191,23 @@ class Session:
         ``reply`` is None for the LAST chunk, whose answer is the end-of-data
         one. A refused chunk is read all the same, then refused.
         """
-        if not (refused or self.bdat):
-            self.bdat = True
-            self._size = 0
-            self._start_headers()
-        self._chunk_left = size
+        if not self.bdat:  # the transaction's first chunk, or one refused before it
+            self.bdat = not refused
+            self._reader = ChunkReader(self._end_of_chunk, self._headers())
         self._chunk_reply = reply
         self._chunk_refused = refused
         self.in_data = True
-        self._consume = self._chunk
-        if size == 0:
-            self._end_of_chunk()
+        self._consume = self._reader.read
+        self._reader.take(size, not refused, self.ident)
 
-    def start_auth(self, exchange):
+    def start_auth(self, mechanism):
         """AUTH (RFC 4954 4): run a mechanism's exchange of 334 challenges.
 
-        ``exchange`` is a generator: it yields challenges, is sent the decoded
-        responses and returns the credentials.
+        ``mechanism`` is an auth generator: it yields challenges, is sent the
+        decoded responses and returns the credentials.
         """
-        self._auth = exchange
-        self._auth_next(None)
+        self._auth = AuthReader(mechanism)
+        self._auth_step(self._auth.respond(None))
 
     def tls_started(self):
         """RFC 3207 4.2: after the handshake, forget all the client said."""
@@ -250,7 +237,7 @@ class Session:
         elif pause is None:
             pause = self.policy.pause() if self.policy.delay else 0
         if pause:
-            self._out.append(pause)
+            self._out.append(Pause(pause))
         if reply.__class__ is not Reply:  # DROP or HANG: the dialogue is over
             self._out.append(reply)
             self.closing = True
@@ -262,6 +249,7 @@ class Session:
         self._out.append(reply)
         self._counts[REPLY - 200 + reply.code] += 1
         if reply.closes:
+            self._out.append(CLOSE)
             self.closing = True
 
     def _line_from(self, data, pos, limit):
@@ -289,8 +277,8 @@ class Session:
         return data[pos:newline], newline + 1
 
     def _too_long(self):
-        if self._consume == self._auth_line:
-            self._consume = self._commands  # an AUTH exchange ends there too
+        if self._auth is not None:  # an AUTH exchange ends there too
+            self._consume, self._auth = self._commands, None
         self._answer(replies.LINE_TOO_LONG)
 
     def _commands(self, data, pos):
@@ -367,192 +355,49 @@ class Session:
         if self.ident:
             log.debug("[%s] RECV: ****", self.ident)  # credentials stay out of logs
         self._consume = self._commands
-        response = raw.rstrip(b"\r")
-        if response == b"*":
-            self._answer(replies.AUTH_ABORTED)
-            return after
-        try:
-            decoded = base64.b64decode(response, validate=True)
-        except binascii.Error:
-            self._answer(replies.AUTH_BAD_BASE64)
-            return after
-        self._auth_next(decoded)
+        self._auth_step(self._auth.line(raw.rstrip(b"\r")))
         return after
 
-    def _auth_next(self, response):
-        """Send the exchange a response: its next challenge, or its verdict."""
-        try:
-            challenge = self._auth.send(response)
-        except StopIteration as done:
+    def _auth_step(self, reply):
+        """Answer the exchange's next challenge or error, or once the mechanism
+        has the credentials, the verdict (or what a rule decides instead)."""
+        if reply is None:
             refusal = self.decide(Stage.AUTH)  # refused, the client stays unauthenticated
             if refusal is None:
-                self.authenticated = auth.verdict(done.value)
+                self.authenticated = auth.verdict(self._auth.credentials)
                 refusal = replies.AUTH_OK if self.authenticated else replies.AUTH_FAILED
-            self._answer(refusal)
-            return
-        self._consume = self._auth_line
-        self._answer(auth.challenge(challenge))
-
-    # Message data, counted and discarded as it streams.
-
-    def _start_headers(self):
-        """Read the header section for switches, unless --dynamic_switch=False."""
-        self._switches = {}
-        self._folding = None  # a switch whose value may go on in folded lines
-        self._header_lines = MAX_HEADER_LINES
-        self._header_line = b"" if self.settings.dynamic_switch else None
-
-    def _scan_headers(self, data, pos, stop):
-        """Look for X-Blackhole-* among the header lines, up to the blank line.
-
-        A line is judged by its first MAX_DATA_LINE octets less one CR before
-        the LF, however the reads split it; only that much of a partial line
-        is kept between reads, or of a switch's folded value.  Only the first
-        MAX_HEADER_LINES lines are read, so a message that never ends its
-        header section costs no more than that.
-        """
-        while True:
-            newline = data.find(b"\n", pos, stop)
-            if newline < 0:
-                kept = self._header_line
-                self._header_line = kept + data[pos : min(stop, pos + MAX_DATA_LINE - len(kept))]
-                return
-            start, pos = pos, newline + 1
-            self._header_lines -= 1
-            if not self._header_lines:  # enough: switches come early or not at all
-                self._unfolded()
-                self._header_line = None
-                return
-            kept = self._header_line
-            if kept:
-                self._header_line = b""
-                line = kept + data[start : min(newline, start + MAX_DATA_LINE - len(kept))]
-            elif (newline - start < 2 or data[start] in _SWITCH_INITIALS
-                  or self._folding is not None):
-                line = data[start : min(newline, start + MAX_DATA_LINE)]
-            else:
-                continue  # neither a switch nor the blank line: not worth a copy
-            if line[-1:] == b"\r":
-                line = line[:-1]
-            if line[:1] in (b" ", b"\t"):
-                # A folded line continues the header before it (RFC 5322
-                # 2.2.3): part of a switch's value, never a switch itself.
-                folding = self._folding
-                if folding is not None and len(folding[1]) < MAX_DATA_LINE:
-                    self._folding = (folding[0], folding[1] + line)
-                continue
-            self._unfolded()
-            if not line:  # the end of the header section (RFC 5322 2.1)
-                self._header_line = None  # the body is never read
-                return
-            name, colon, value = line.partition(b":")
-            # Only WSP may stand before the colon (RFC 5322 4.5.3): "\rX-Blackhole-
-            # Mode" is no switch, as the first-octet test above already says.
-            switch = _SWITCHES.get(name.rstrip(b" \t").lower()) if colon else None
-            if switch:
-                self._folding = (switch, value)
-
-    def _unfolded(self):
-        """The switch being read has no more folded lines: record it."""
-        if self._folding is not None:
-            switch, value = self._folding
-            self._folding = None
-            policy.switch(switch, value.decode("latin-1"), self._switches)
-
-    def _data(self, data, pos):
-        end = len(data)
-        tail = self._tail
-        # The end marker may straddle the previous read and this one.
-        found = (tail + data[pos : pos + 4]).find(_END_OF_DATA)
-        if found >= 0:
-            stop = pos + found + len(_END_OF_DATA) - len(tail)
+            reply, self._auth = refusal, None
+        elif reply.code == 334:
+            self._consume = self._auth_line
         else:
-            found = data.find(_END_OF_DATA, pos)
-            stop = end if found < 0 else found + len(_END_OF_DATA)
-        self._size += stop - pos
-        # Dot-stuffed lines (RFC 5321 4.5.2): count the dots to undo them.  A
-        # line ends with CRLF; a dot after a bare LF is content.  A "<CRLF>."
-        # that straddles the reads counts only if its dot is before ``stop``:
-        # after the end marker a dot starts the next command.
-        self._dots += data.count(b"\r\n.", pos, stop) + (
-            (tail[-2:] + data[pos : min(pos + 2, stop)]).find(b"\r\n.") in (0, 1)
-        )
-        if self._header_line is not None:
-            self._scan_headers(data, pos, stop)
-        if not self._long_line:
-            self._check_lines(data, pos, stop)
-        if self.ident:
-            self._log_data(data[pos:stop])
-        self._tail = data[stop - 4 : stop] if stop - pos >= 4 else (tail + data[pos:stop])[-4:]
-        if found < 0:
-            return end
-        # The terminator's ".\r\n" and its one dot are not message content.
-        self._end_of_message(self._size - self._dots - 2, self._long_line)
-        return stop
+            self._auth = None
+        self._answer(reply)
 
-    def _chunk(self, data, pos):
-        stop = min(len(data), pos + self._chunk_left)
-        self._chunk_left -= stop - pos
-        if not self._chunk_refused:
-            self._size += stop - pos
-            if self._header_line is not None:
-                self._scan_headers(data, pos, stop)
-        if self.ident:
-            log.debug("[%s] RECV: %d octets of BDAT data", self.ident, stop - pos)
-        if not self._chunk_left:
-            self._end_of_chunk()
-        return stop
+    # Message data, read by the readers: what it is, once it is in.
+
+    def _headers(self):
+        """A Headers to read the switches into, unless --dynamic_switch=False."""
+        return Headers() if self.settings.dynamic_switch else None
 
     def _end_of_chunk(self):
         self.in_data = False
         self._consume = self._commands
         limit = self.settings.message_size_limit
         reply = self._chunk_reply
+        size = self._reader.size
         if self._chunk_refused:
             self._answer(reply)
-        elif limit and self._size > limit:
+        elif limit and size > limit:
             # RFC 3030 2: the transaction fails; later chunks are refused.
             self.phase = Phase.GREETED
             self.messages += 1
             self._counts[MESSAGE - 200 + replies.SIZE_EXCEEDED.code] += 1
-            self._counts[MESSAGE_BYTES] += self._size
+            self._counts[MESSAGE_BYTES] += size
             self._answer(replies.SIZE_EXCEEDED)
         elif reply is None:
-            self._end_of_message(self._size, False)
+            self._end_of_message(size, False)
         else:
             self._answer(reply)
-
-    def _check_lines(self, data, pos, stop):
-        """Flag a line of more than MAX_DATA_LINE octets, without splitting lines."""
-        first = data.find(b"\n", pos, stop)
-        if first < 0:
-            self._line += stop - pos
-            self._long_line = self._line >= MAX_DATA_LINE
-            return
-        last = data.rfind(b"\n", first, stop)
-        if self._line + first - pos >= MAX_DATA_LINE or stop - last - 1 >= MAX_DATA_LINE:
-            self._long_line = True
-        self._line = stop - last - 1
-        if last - first <= MAX_DATA_LINE or self._long_line:
-            return
-        # A run of MAX_DATA_LINE octets without a newline holds a whole window
-        # of half that length starting at one of these points; look closer
-        # only where a window has no newline.
-        half = MAX_DATA_LINE // 2
-        for start in range(first + 1, last, half):
-            if data.find(b"\n", start, start + half) < 0:
-                before = data.rfind(b"\n", first, start)
-                after = data.find(b"\n", start + half, last + 1)
-                if after - before > MAX_DATA_LINE:
-                    self._long_line = True
-                    return
-
-    def _log_data(self, segment):
-        lines = (self._debug_line + segment).split(b"\n")
-        self._debug_line = lines.pop()[-MAX_DATA_LINE:]
-        for line in lines:
-            log.debug("[%s] RECV: %s", self.ident,
-                      line.rstrip(b"\r").decode("utf-8", "replace"))
 
     def _end_of_message(self, size, long_line):
         """The whole message is in: answer by size, line length, then policy."""
@@ -568,7 +413,6 @@ class Session:
         elif long_line:
             reply = replies.DATA_LINE_TOO_LONG
         else:
-            self._unfolded()  # a switch on the last line of a header-only message
             reply, pause = self._end_of_data()
         counts = self._counts
         if reply.__class__ is Reply:  # not DROP or HANG
@@ -579,8 +423,11 @@ class Session:
     def _end_of_data(self):
         """The eod reply and its pause: the message's X-Blackhole-* headers beat
         its tags, which beat the rules, which beat the mode."""
-        if self._switches:
-            return self.policy.end_of_data(self._switches)
+        headers = self._reader.headers
+        if headers is not None:
+            headers.end()  # a switch on the last line of a header-only message
+            if headers.switches:
+                return self.policy.end_of_data(headers.switches)
         refusal = self.decide(Stage.EOD)
         if refusal is not None:
             return refusal, None  # the message is discarded

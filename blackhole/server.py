@@ -29,7 +29,9 @@ STALE = 1.0  # seconds a client must have kept us waiting before it makes room
 
 
 class Listener(NamedTuple):
-    """One address to serve, and how: implicit TLS, its own mode, delay and rules."""
+    """One address to serve, and all a connection there needs: implicit TLS,
+    the TLS context, and the Policy made from its own mode, delay and rules
+    (``process.prepare`` fills ``policy`` and ``tls`` in once they exist)."""
 
     host: str
     port: int
@@ -37,6 +39,8 @@ class Listener(NamedTuple):
     mode: str = None  # None: --mode
     delay: object = None  # seconds or a (min, max) range; None: --delay
     rules: tuple = None  # parsed Rules; None: --rules
+    policy: object = None  # the Policy its connections answer by
+    tls: object = None  # the server SSLContext: STARTTLS, or at once if ``implicit``
 
     def __str__(self):
         return address(self.host, self.port)
@@ -190,22 +194,17 @@ class Sessions(set):
 
 
 class SMTPServer(Accepting, TCPServer):
-    """Hands every accepted connection to a MailState of its own.
+    """Hands every connection accepted on ``listener`` to a MailState of its own.
 
-    ``tls`` is the server SSLContext: with ``implicit`` the connection is TLS
-    from the first byte (the SMTPS port), otherwise STARTTLS offers it.
     Listeners of one process share ``sessions``, and so the connection cap:
     without one, the server counts its own, up to ``max_connections`` or
     what its descriptors allow.
     """
 
-    def __init__(self, settings, policy, tls=None, implicit=False,
-                 sessions=None, max_connections=None):
+    def __init__(self, settings, listener, sessions=None, max_connections=None):
         super().__init__()
         self.settings = settings
-        self.policy = policy
-        self.tls = tls
-        self.implicit = implicit
+        self.listener = listener
         if sessions is None:
             sessions = Sessions(settings.timeout, max_connections or descriptors.budget())
         self.sessions = sessions
@@ -221,14 +220,13 @@ class SMTPServer(Accepting, TCPServer):
         sessions = self.sessions
         if len(sessions) >= sessions.limit and not sessions.make_room():
             metrics.counts[metrics.OPENED] += 1
-            if not self.implicit:  # plaintext would mean nothing to a TLS client
+            if not self.listener.implicit:  # plaintext would mean nothing to a TLS client
                 metrics.replied(replies.TOO_MANY_CONNECTIONS)
                 stream.write(replies.TOO_MANY_CONNECTIONS.wire)
             stream.close()
             metrics.session_ended(0)
             return
-        MailState(stream, address, self.settings, self.policy, self.tls,
-                  self.implicit).start(sessions)
+        MailState(stream, address, self.settings, self.listener).start(sessions)
 
 
 async def drain(servers, grace):

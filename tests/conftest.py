@@ -19,7 +19,7 @@ from tornado.tcpclient import TCPClient
 from blackhole.config import Settings
 from blackhole.process import workers_of
 from blackhole.policy import Policy, parse_rules
-from blackhole.server import SMTPServer
+from blackhole.server import Listener, SMTPServer
 
 HOST = "127.0.0.1"
 
@@ -39,8 +39,8 @@ def smtp_server(io_loop):
               rules="", seed=None, **settings):
         sockets = bind_sockets(0, HOST)
         policy = Policy(mode, delay, parse_rules(rules), random.Random(seed))
-        server = SMTPServer(Settings(**settings), policy, tls, implicit,
-                            max_connections=max_connections)
+        listener = Listener(HOST, sockets[0].getsockname()[1], implicit, policy=policy, tls=tls)
+        server = SMTPServer(Settings(**settings), listener, max_connections=max_connections)
         server.add_sockets(sockets)
         servers.append(server)
         return server, sockets[0].getsockname()[1]

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from blackhole import metrics
+from blackhole.actions import CLOSE, MORE, START_TLS, Action, Pause
 from blackhole.config import Settings
 from blackhole.policy import MODES, Policy
 from blackhole.protocol import MAX_BATCH, Session
@@ -268,9 +269,12 @@ class Run(NamedTuple):
 
 
 def wire(item):
-    """A reply's bytes, or a delay's number; CRAM-MD5 challenges are unique by design."""
+    """A reply's bytes, a pause's seconds, an action's name; CRAM-MD5 challenges
+    are unique by design."""
+    if isinstance(item, Pause):
+        return item.seconds
     if not isinstance(item, Reply):
-        return item
+        return item.name
     if item.code == 334 and base64.b64decode(item.lines[0]).startswith(b"<"):
         return b"334 <CRAM-MD5 challenge>\r\n"
     return item.wire
@@ -294,23 +298,26 @@ def run(config, chunks):
         # Modes and delay ranges draw: the same draws for every run.
         policy = Policy(config.mode, config.delay, draws=random.Random(0))
         session = Session(settings_, policy, starttls=config.starttls, secure=config.secure)
-        out = []
+        out, last = [], None
         for data in chunks:
-            if session.tls_pending:
+            if last is START_TLS:
                 break  # the TLS handshake is next: what follows is no longer plain SMTP
-            closed = session.closing
+            closed = last is CLOSE
             batch = session.receive(data)
             for _ in range(len(data) + 2):
                 answered = [item for item in batch if isinstance(item, Reply)]
                 assert len(answered) <= MAX_BATCH
                 assert not (closed and batch), "answered after a closing reply"
                 for item, after in zip(batch, batch[1:] + [None]):
-                    if not isinstance(item, Reply):
-                        assert isinstance(after, Reply), "a delay is always followed by its reply"
+                    if isinstance(item, Pause):
+                        assert isinstance(after, Reply), "a pause is always followed by its reply"
+                    elif isinstance(item, Action):
+                        assert after is None, "an action comes last"
                     elif item.closes:
-                        assert after is None and session.closing, "replies after a closing one"
-                out += batch
-                if not session.backlog:
+                        assert after is CLOSE, "a closing reply is followed by CLOSE"
+                out += [item for item in batch if item is not MORE]  # where batches end
+                last = batch[-1] if batch else None
+                if last is not MORE:
                     break
                 batch = session.receive(b"")
             else:

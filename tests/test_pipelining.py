@@ -1,6 +1,7 @@
 """How replies leave, over loopback: a batch (RFC 2920) in order and in one write, whole even
 when the socket takes them in part, and without Nagle's wait."""
 
+import asyncio
 import socket
 
 import pytest
@@ -83,6 +84,17 @@ async def test_replies_the_socket_takes_in_part_all_arrive_in_order(connect, sho
     assert await client.replies(3) == [ehlo, (250, "2.0.0 OK"), ehlo]
     assert await client.message(b"Subject: after\r\n\r\nstill served\r\n.\r\n") == (
         250, "2.0.0 OK")
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_a_closing_reply_the_socket_takes_in_part_still_closes(serve, short_writes):
+    """QUIT's 221 after EHLO's reply is over 100 octets: the rest is flushed, then
+    the server closes, rather than idle on to --timeout and a 421 after its 221."""
+    client = await Client.connect(serve(timeout=3))
+    await client.send(b"EHLO client.example\r\nQUIT\r\n")
+    await client.reply()
+    assert (await client.reply())[0] == 221
+    assert await asyncio.wait_for(client.stream.read_until_close(), 2) == b""
 
 
 @pytest.mark.gen_test

@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from blackhole.actions import Pause
 from blackhole.config import Settings
 from blackhole.policy import Policy
 from blackhole.protocol import Session
@@ -64,7 +65,7 @@ def end_of_data(data, settings=Settings(mailname="test.example")):
     out = []
     for chunk in data:
         out += session.receive(chunk)
-    pause = out[-2] if len(out) > 1 and isinstance(out[-2], float) else 0
+    pause = out[-2].seconds if len(out) > 1 and isinstance(out[-2], Pause) else 0
     return out[-1].code, pause
 
 
