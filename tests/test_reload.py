@@ -24,6 +24,14 @@ def until(predicate, seconds=10):
         time.sleep(0.05)
 
 
+def applied(metrics_port, generation, workers=2):
+    """Wait until every worker has applied ``generation``."""
+    def done():
+        stats = json.loads(request(metrics_port, "GET", "/stats")[1])
+        return [w["generation"] for w in stats["workers"]] == [generation] * workers
+    until(done)
+
+
 def test_sighup_applies_a_good_config_and_keeps_the_running_one_on_error(daemon, tmp_path):
     conf = tmp_path / "blackhole.conf"
     conf.write_text('mode="accept"\n')
@@ -42,10 +50,7 @@ def test_sighup_applies_a_good_config_and_keeps_the_running_one_on_error(daemon,
     reloaded = {"mode": "offline", "delay": "0", "rules": ["mail:451"],
                 "listeners": {f"127.0.0.1:{own}": {"rules": ["mail:550"]}}, "generation": 1}
     assert rules(metrics_port) == reloaded
-    stats = json.loads(request(metrics_port, "GET", "/stats")[1])
-    until(lambda: {w["generation"] for w in json.loads(
-        request(metrics_port, "GET", "/stats")[1])["workers"]} == {1})
-    assert len(stats["workers"]) == 2
+    applied(metrics_port, 1)
     for _ in range(6):  # whichever worker answers
         assert mail_code(port) == 451 and mail_code(own) == 550
     for bad in ('rules="rcpt:650"\n', 'mode="sometimes"\n', 'delay=-1\n', 'rules=42\n',
@@ -66,6 +71,7 @@ def test_sighup_applies_a_good_config_and_keeps_the_running_one_on_error(daemon,
     assert rules(metrics_port) == {"mode": "accept", "delay": "0", "rules": ["rcpt:452"],
                                    "listeners": {f"127.0.0.1:{own}": {"mode": "bounce"}},
                                    "generation": 2}
+    applied(metrics_port, 2)  # the master publishes, then tells the workers
     assert mail_code(port) == 250
 
 
