@@ -96,7 +96,7 @@ def helo(session, arg):
 def ehlo(session, arg):
     """RFC 5321 4.1.1.1; the keywords come from ehlo_keywords()."""
     if not syntax.is_helo_domain(arg):
-        return replies.SYNTAX_HELO
+        return replies.SYNTAX_LHLO if session.lmtp else replies.SYNTAX_HELO
     if refusal := session.decide(Stage.EHLO):
         return refusal
     session.greet(extended=True)
@@ -405,12 +405,29 @@ COMMANDS = {
     ),
 }
 
+
+def _use_lhlo(session, arg):
+    return replies.USE_LHLO
+
+
+# LMTP (RFC 2033 4.1): LHLO is EHLO, and LMTP has no HELO or EHLO. A rule
+# for the ehlo stage applies to LHLO.
+LMTP_COMMANDS = {
+    **{verb: command._replace(refusals=MappingProxyType({
+        phase: replies.NEED_LHLO if reply is replies.NEED_HELO else reply
+        for phase, reply in command.refusals.items()}))
+       for verb, command in COMMANDS.items()},
+    "LHLO": COMMANDS["EHLO"]._replace(syntax="LHLO domain"),
+    "HELO": Command(_use_lhlo, "HELO: not in LMTP"),
+    "EHLO": Command(_use_lhlo, "EHLO: not in LMTP"),
+}
+
 # The longest line any verb accepts: input beyond this without a newline is refused.
 MAX_LINE = max(command.max_line for command in COMMANDS.values())
 
 _HELP = {
     verb: Reply(214, command.syntax, enhanced="2.0.0")
-    for verb, command in COMMANDS.items()
+    for verb, command in {**COMMANDS, "LHLO": LMTP_COMMANDS["LHLO"]}.items()
 }
 _HELP_ALL = Reply(
     214,

@@ -23,9 +23,8 @@ from tornado.httputil import (HTTPHeaders, HTTPMessageDelegate, HTTPServerConnec
                               ResponseStartLine)
 from tornado.iostream import StreamClosedError
 
-from blackhole import metrics, rulebook
+from blackhole import metrics, rulebook, server
 from blackhole.descriptors import Accepting
-from blackhole.errors import BlackholeError
 
 log = logging.getLogger("blackhole")
 
@@ -63,14 +62,7 @@ class Admin(NamedTuple):
 
 def admin(networks, token):
     """The Admin of ``--admin_from`` (comma-separated CIDRs) and ``--admin_token``."""
-    parsed = []
-    for part in filter(None, (part.strip() for part in networks.split(","))):
-        try:
-            parsed.append(ipaddress.ip_network(part, strict=False))
-        except ValueError:
-            raise BlackholeError(f"Invalid value for admin_from: '{part}' is not an address "
-                                 "or a network such as 127.0.0.0/8") from None
-    return Admin(tuple(parsed), token or None)
+    return Admin(server.parse_networks(networks, "admin_from"), token or None)
 
 
 def http_server(blocks, healthy, follower, admin):

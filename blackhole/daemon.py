@@ -169,6 +169,7 @@ def start(values, settings, policy):
     finally:
         if read_pid(values.pid) == os.getpid():
             _remove(values.pid)
+        process.remove_files(plan.files)  # done already, unless serve failed
         os._exit(code)
 
 

@@ -14,17 +14,23 @@ rule's delay, DROP and HANG.
 
 Whatever the path, the session's output is acted on as it comes (replies,
 pauses, then CLOSE, DROP, HANG, START_TLS or MORE: blackhole.actions).
+
+On a proxy=on listener a read callback of its own, ``_on_proxy_readable``,
+comes first: it takes the PROXY header's octets off the socket, and no
+more, before the greeting or the TLS handshake (blackhole.proxy).
 """
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import ssl
 
 from tornado.iostream import SSLIOStream, StreamClosedError
 
-from blackhole import metrics, replies
+from blackhole import metrics, proxy, replies
 from blackhole.actions import CLOSE, DROP, HANG, START_TLS, MORE, Pause
-from blackhole.protocol import Session
+from blackhole.protocol import LMTPSession, Session
 from blackhole.replies import Reply
 
 log = logging.getLogger("blackhole")
@@ -36,9 +42,9 @@ MIN_DATA_RATE = 500  # octets a second a client must keep up under pressure
 class MailState:
     """Serve one SMTP connection: greet, read, answer in batches, time out."""
 
-    __slots__ = ("stream", "address", "settings", "tls", "session", "sessions", "_loop",
-                 "_opened", "idle_since", "_messages", "_reading", "_stopping", "_handshake",
-                 "_fd", "_task", "_hang", "_more")
+    __slots__ = ("stream", "address", "settings", "listener", "tls", "session", "sessions",
+                 "_loop", "_opened", "idle_since", "_messages", "_reading", "_stopping",
+                 "_handshake", "_fd", "_task", "_hang", "_more", "_proxy")
 
     def __init__(self, stream, address, settings, listener):
         """``listener``: where the connection came in (server.Listener), with its
@@ -46,9 +52,11 @@ class MailState:
         self.stream = stream
         self.address = address
         self.settings = settings
+        self.listener = listener
         self.tls = listener.tls
-        self.session = Session(settings, listener.policy, starttls=listener.tls is not None,
-                               secure=listener.implicit)
+        self.session = (LMTPSession if listener.lmtp else Session)(
+            settings, listener.policy, starttls=listener.tls is not None,
+            secure=listener.implicit)
         self.sessions = None  # the live sessions this one belongs to, until it ends
         self._handshake = None  # the pending start_tls future
         self._loop = None
@@ -67,17 +75,28 @@ class MailState:
         self._task = None  # the stream loop's task, held here: asyncio holds tasks weakly
         self._hang = None  # the timer that ends a HANG
         self._more = False  # the session has input left over from its last batch
+        # proxy=on: the PROXY header's octets taken so far, until it is whole.
+        self._proxy = b"" if listener.proxy else None
 
     def start(self, sessions):
         """Greet and serve, as one of ``sessions`` until the session ends."""
         sessions.add(self)
         self.sessions = sessions
-        session = self.session
-        if session.ident:
-            log.debug("[%s] Connection from '%s'", session.ident, self.address[0])
         loop = self._loop = asyncio.get_running_loop()
         self._opened = self.idle_since = loop.time()
         metrics.counts[metrics.OPENED] += 1
+        if self._proxy is None:
+            self._greet()
+        else:
+            self._await_proxy()
+
+    def _greet(self):
+        """The client's address is known: greet, or start TLS on the implicit-TLS port."""
+        session = self.session
+        session.peer = self.address[0]
+        if session.ident:
+            log.debug("[%s] Connection from '%s'", session.ident, self.address[0])
+        loop = self._loop
         if session.secure:
             self._hand_over(self._greet_in_tls, None)
             return
@@ -93,6 +112,57 @@ class MailState:
         self._fd = self.stream.socket.fileno()
         loop.add_reader(self._fd, self._on_readable)
         self._reading = True
+
+    def _await_proxy(self):
+        """proxy=on: only a balancer in --proxy_from may connect (anyone allowed on
+        the Unix socket's file may), and it speaks first, within --timeout."""
+        if not (self.listener.path or any(ipaddress.ip_address(self.address[0]) in network
+                                          for network in self.listener.proxy_from)):
+            self._refuse_proxy(metrics.PROXY_UNTRUSTED, "not in --proxy_from")
+            return
+        self._fd = self.stream.socket.fileno()
+        self._loop.add_reader(self._fd, self._on_proxy_readable)
+
+    def _on_proxy_readable(self):
+        """Take the PROXY header's octets and not one more: peeked first, so that
+        what follows it in the same segment (pipelined commands, a TLS
+        ClientHello) stays queued in the socket for the session."""
+        sock = self.stream.socket
+        try:
+            peeked = sock.recv(proxy.V2_FIXED + proxy.V2_MAX - len(self._proxy), socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            peeked = b""
+        if not peeked:
+            self._refuse_proxy(metrics.PROXY_MISSING, "closed before a PROXY header")
+            return
+        received = self._proxy + peeked
+        try:
+            header = proxy.parse(received)
+        except proxy.ProxyError as error:
+            self._refuse_proxy(metrics.PROXY_MALFORMED, str(error))
+            return
+        # All that was peeked is queued, so recv takes exactly this many octets;
+        # of a header not yet whole, every octet received so far is its own.
+        sock.recv(len(peeked) if header is None else header.length - len(self._proxy))
+        if header is None:
+            self._proxy = received
+            return
+        self._stop_direct()
+        self._proxy = None
+        if header.source is not None:  # else LOCAL, a health check: the balancer's own
+            self.address = header.source
+        self.idle_since = self._loop.time()  # the session's own clock starts now
+        self._greet()
+
+    def _refuse_proxy(self, reason, why):
+        """Close without a word a connection that brought no valid PROXY header, and count it."""
+        metrics.counts[reason] += 1
+        if self.session.ident:
+            log.debug("[%s] Connection from '%s' refused: %s", self.session.ident,
+                      self.address[0], why)
+        self.close()
 
     def _on_readable(self):
         """Read, parse and answer on the direct path, or hand over to the stream loop."""
@@ -373,8 +443,8 @@ class MailState:
     def shutdown(self):
         """The server is stopping: 421 now if waiting for a command, else after this exchange."""
         self._stopping = True
-        if self._hang is not None:
-            self.close()  # a hang says nothing, even now
+        if self._hang is not None or self._proxy is not None:
+            self.close()  # a hang says nothing, even now; nor does a balancer get a word
         elif self._reading and not self.session.in_data:
             self._close_with(replies.SHUTTING_DOWN)
 
@@ -389,8 +459,10 @@ class MailState:
 
     def expire(self, reply):
         """End a session the client keeps waiting: ``reply`` (a 421), or a bare close
-        in the middle of a TLS handshake."""
-        if self._handshake is not None:
+        in the middle of a TLS handshake, or with no PROXY header yet."""
+        if self._proxy is not None:
+            self._refuse_proxy(metrics.PROXY_MISSING, "no PROXY header in time")
+        elif self._handshake is not None:
             self.close()
         else:
             self._close_with(reply)

@@ -11,11 +11,11 @@ same block. A scrape, and the master's summary at exit, add up every block.
 import mmap
 import time
 
-from blackhole.commands import COMMANDS
+from blackhole.commands import LMTP_COMMANDS
 from blackhole.policy import STAGE_NAMES
 
 # Slots: every counter and histogram bucket has a fixed place.
-VERBS = (*sorted(COMMANDS), "other")
+VERBS = (*sorted(LMTP_COMMANDS), "other")  # SMTP's verbs and LHLO
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "other")
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300)  # seconds, then +Inf
 FAULT_ACTIONS = (*range(400, 600), "drop", "hang", "ok")  # what a rule, tag or limit can do
@@ -28,7 +28,10 @@ MESSAGE = REPLY + 400  # + code - 200: messages by their end-of-data reply
 TLS = MESSAGE + 400  # + index in TLS_VERSIONS
 DURATION = TLS + len(TLS_VERSIONS)  # + bucket index, the last one +Inf
 FAULTS = DURATION + len(DURATION_BUCKETS) + 1  # + stage * len(FAULT_ACTIONS) + action index
-SLOTS = FAULTS + len(STAGE_NAMES) * len(FAULT_ACTIONS)
+PROXY = FAULTS + len(STAGE_NAMES) * len(FAULT_ACTIONS)  # + index in PROXY_REASONS
+SLOTS = PROXY + 3
+PROXY_REASONS = ("untrusted", "malformed", "missing")  # a proxy=on connection refused:
+PROXY_UNTRUSTED, PROXY_MALFORMED, PROXY_MISSING = range(PROXY, SLOTS)  # from whom, why
 
 VERB_SLOTS = {verb: COMMAND + index for index, verb in enumerate(VERBS)}
 OTHER_VERB = VERB_SLOTS["other"]
@@ -166,6 +169,11 @@ def exposition(blocks, healthy=True):
             if values[TLS + i]])
     family("tls_handshake_failures_total", "counter", "TLS handshakes that failed.",
            [("", values[TLS_FAILED])])
+    family("proxy_refused_total", "counter",
+           "Connections to a proxy=on listener closed before the greeting: from outside "
+           "--proxy_from, with a malformed PROXY header, or with none in time.",
+           [(f'{{reason="{reason}"}}', values[PROXY + i]) for i, reason in enumerate(PROXY_REASONS)
+            if values[PROXY + i]])
     family("faults_total", "counter",
            "Replies decided by a rule, an address tag or a limit, by stage and action.",
            [(f'{{stage="{name}",action="{action}"}}',

@@ -48,6 +48,7 @@ class Plan(NamedTuple):
     account: object  # a privileges.Account, or None to stay as we are
     metrics: list  # the bound sockets of the metrics port, or none
     admin: control.Admin  # who may change the rules there
+    files: list  # (path, inode) of each Unix-domain socket bound, removed at exit
 
 
 def listeners(values):
@@ -76,19 +77,38 @@ def prepare(values, settings, policy):
                                      values.tls_min_version, settings.mailname)
     account = privileges.resolve(values.user, values.group)
     server.raise_file_limit()
-    bound = []
-    for listener in wanted:
-        # One Random for every listener's draws, so that --seed repeats them all.
-        own = Policy(listener.mode or policy.mode,
-                     policy.delay if listener.delay is None else listener.delay,
-                     policy.rules if listener.rules is None else listener.rules,
-                     policy.draws)
-        bound.append((listener._replace(policy=own, tls=context),
-                      server.bind(listener.host, listener.port, values.workers)))
+    proxy_from = server.parse_networks(values.proxy_from)
     admin = control.admin(values.admin_from, values.admin_token)
-    scrape = (server.bind(values.metrics_host, values.metrics_port)[0]
-              if values.metrics_port else [])
-    return Plan(bound, context, account, scrape, admin)
+    socket_mode = server.parse_socket_mode(values.socket_mode)
+    bound, files = [], []
+    try:
+        for listener in wanted:
+            # One Random for every listener's draws, so that --seed repeats them all.
+            own = Policy(listener.mode or policy.mode,
+                         policy.delay if listener.delay is None else listener.delay,
+                         policy.rules if listener.rules is None else listener.rules,
+                         policy.draws)
+            if listener.path:
+                sock, inode = server.bind_unix(listener.path, socket_mode,
+                                               account and (account.uid, account.gid))
+                files.append((listener.path, inode))
+                sockets = [[sock]]  # one socket that every worker accepts on
+            else:
+                sockets = server.bind(listener.host, listener.port, values.workers)
+            bound.append((listener._replace(policy=own, tls=context, proxy_from=proxy_from),
+                          sockets))
+        scrape = (server.bind(values.metrics_host, values.metrics_port)[0]
+                  if values.metrics_port else [])
+    except BlackholeError:
+        remove_files(files)
+        raise
+    return Plan(bound, context, account, scrape, admin, files)
+
+
+def remove_files(files):
+    """Remove the Unix-domain socket files we bound."""
+    for path, inode in files:
+        server.unbind_unix(path, inode)
 
 
 def workers_of(pid):
@@ -233,6 +253,7 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
                 policy.draws.seed()  # or every worker would draw what its siblings draw
             _worker(plan, values, settings, stderr, _master, blocks, book, task)
     signal.setitimer(signal.ITIMER_REAL, 0)
+    remove_files(plan.files)
     log.info("%s", metrics.summary(blocks))
     log.info("Stopped")
     return code
@@ -244,8 +265,10 @@ def announcement(plan, values, settings):
     for listener, _ in plan.listeners:
         own = listener.policy
         delay = own.delay if isinstance(own.delay, tuple) else (own.delay,) * 2
-        lines.append(f"Listening{' for SMTPS' if listener.implicit else ''} on {listener}, "
-                     f"mode {own.mode}"
+        speaks = (("", " for SMTPS"), (" for LMTP", " for LMTP over TLS"))[
+            listener.lmtp][listener.implicit]
+        lines.append(f"Listening{speaks} on {listener}"
+                     f"{', PROXY header first' if listener.proxy else ''}, mode {own.mode}"
                      + (f", delay {'-'.join(f'{d:g}' for d in sorted(set(delay)))}s"
                         if own.delay else "")
                      + (f", rules {' '.join(rule.token for rule in own.rules)}"

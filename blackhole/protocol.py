@@ -17,7 +17,7 @@ import random
 
 from blackhole import auth, metrics, policy, replies
 from blackhole.actions import CLOSE, MORE, START_TLS, Pause
-from blackhole.commands import COMMANDS, MAX_LINE, Phase, Refusal
+from blackhole.commands import COMMANDS, LMTP_COMMANDS, MAX_LINE, Phase, Refusal
 from blackhole.metrics import MESSAGE, MESSAGE_BYTES, OTHER_VERB, RECIPIENTS, REPLY, VERB_SLOTS
 from blackhole.policy import SENDER_STAGES, TRANSACTION_STAGES, Stage
 from blackhole.readers import AuthReader, ChunkReader, DataReader, Headers
@@ -51,8 +51,9 @@ class Session:
         "starttls_offered", "secure", "tls_pending", "authenticated", "bdat",
         "binarymime", "_out", "_consume", "_unread", "_discarding", "_reader",
         "_chunk_reply", "_chunk_refused", "_auth", "_counts", "messages", "_rules",
-        "_tags", "_delay",
+        "_tags", "_delay", "peer", "_verbs",
     )
+    lmtp = False
 
     def __init__(self, settings, policy, starttls=False, secure=False):
         self.settings = settings
@@ -62,6 +63,8 @@ class Session:
         self.tls_pending = False  # STARTTLS answered; the handshake is next
         self.authenticated = False
         self.ident = new_ident() if settings.debug else None
+        self.peer = None  # the client's IP address (a PROXY header's), set before connected()
+        self._verbs = LMTP_COMMANDS if self.lmtp else COMMANDS
         self.phase = Phase.CONNECTED
         self.extended = False  # EHLO rather than HELO
         self.smtputf8 = False  # MAIL FROM carried SMTPUTF8
@@ -311,7 +314,7 @@ class Session:
         verb, _, arg = line.partition(" ")
         # isascii: str.upper() would turn "QUıT" into "QUIT".
         name = verb.upper() if verb.isascii() else ""
-        command = COMMANDS.get(name)
+        command = self._verbs.get(name)
         self._counts[VERB_SLOTS.get(name, OTHER_VERB)] += 1
         if self.ident:
             log.debug("[%s] RECV: %s", self.ident, _shown(line, verb, arg, command))
@@ -342,7 +345,7 @@ class Session:
         name = verb.upper() if verb.isascii() else ""
         self._counts[VERB_SLOTS.get(name, OTHER_VERB)] += 1
         if self.ident:
-            log.debug("[%s] RECV: %s", self.ident, _shown(line, verb, arg, COMMANDS.get(name)))
+            log.debug("[%s] RECV: %s", self.ident, _shown(line, verb, arg, self._verbs.get(name)))
         self._answer(replies.BYE if name == "QUIT" and not arg else replies.NOT_SERVING)
         return after
 
@@ -387,6 +390,8 @@ class Session:
         size = self._reader.size
         if self._chunk_refused:
             self._answer(reply)
+        elif reply is None:  # the LAST chunk: the message is judged whole, size and all
+            self._end_of_message(size, False)
         elif limit and size > limit:
             # RFC 3030 2: the transaction fails; later chunks are refused.
             self.phase = Phase.GREETED
@@ -394,8 +399,6 @@ class Session:
             self._counts[MESSAGE - 200 + replies.SIZE_EXCEEDED.code] += 1
             self._counts[MESSAGE_BYTES] += size
             self._answer(replies.SIZE_EXCEEDED)
-        elif reply is None:
-            self._end_of_message(size, False)
         else:
             self._answer(reply)
 
@@ -406,29 +409,59 @@ class Session:
         self.phase = Phase.GREETED
         self.message_size = size
         self.messages += 1
+        self._counts[MESSAGE_BYTES] += size
         limit = self.settings.message_size_limit
-        pause = None
         if limit and size > limit:
-            reply = replies.SIZE_EXCEEDED
+            self._answer_message(replies.SIZE_EXCEEDED)
         elif long_line:
-            reply = replies.DATA_LINE_TOO_LONG
+            self._answer_message(replies.DATA_LINE_TOO_LONG)
         else:
-            reply, pause = self._end_of_data()
-        counts = self._counts
+            headers = self._reader.headers
+            if headers is not None:
+                headers.end()  # a switch on the last line of a header-only message
+            self._answer_message(None)
+
+    def _answer_message(self, refused):
+        """SMTP's one reply for the message: ``refused``, or the policy's."""
+        reply, pause = (refused, None) if refused is not None else self._end_of_data()
         if reply.__class__ is Reply:  # not DROP or HANG
-            counts[MESSAGE - 200 + reply.code] += 1
-        counts[MESSAGE_BYTES] += size
+            self._counts[MESSAGE - 200 + reply.code] += 1
         self._answer(reply, pause)
 
-    def _end_of_data(self):
+    def _end_of_data(self, tag=None):
         """The eod reply and its pause: the message's X-Blackhole-* headers beat
-        its tags, which beat the rules, which beat the mode."""
+        its tags (``tag``: a recipient's own), which beat the rules, which beat the mode."""
         headers = self._reader.headers
-        if headers is not None:
-            headers.end()  # a switch on the last line of a header-only message
-            if headers.switches:
-                return self.policy.end_of_data(headers.switches)
-        refusal = self.decide(Stage.EOD)
+        if headers is not None and headers.switches:
+            return self.policy.end_of_data(headers.switches)
+        refusal = self.decide(Stage.EOD, tag)
         if refusal is not None:
             return refusal, None  # the message is discarded
         return self.policy.end_of_data()
+
+
+class LMTPSession(Session):
+    """LMTP (RFC 2033): LHLO for EHLO, and after the message a reply for each
+    accepted recipient, in order (4.2), each decided apart: a recipient's eod
+    tag fails its own delivery only. Each reply counts as a message."""
+
+    __slots__ = ("_deliveries",)
+    lmtp = True
+
+    def begin_transaction(self, smtputf8, binarymime, tag=None):
+        super().begin_transaction(smtputf8, binarymime, tag)
+        self._deliveries = []  # each accepted recipient's own eod tag, or None
+
+    def add_recipient(self, tag=None):
+        own = tag if tag is not None and tag.stage == Stage.EOD else None
+        super().add_recipient(None if own else tag)
+        self._deliveries.append(own)
+
+    def _answer_message(self, refused):
+        for tag in self._deliveries:
+            if self.closing:
+                break  # DROP or HANG, or 421: no more replies
+            reply, pause = (refused, None) if refused is not None else self._end_of_data(tag)
+            if reply.__class__ is Reply:
+                self._counts[MESSAGE - 200 + reply.code] += 1
+            self._answer(reply, pause)

@@ -57,6 +57,7 @@ BAD_CHARACTERS = Reply(
 )
 NO_ARGUMENTS = Reply(501, "This command takes no arguments", enhanced="5.5.4")
 SYNTAX_HELO = Reply(501, "Syntax: HELO/EHLO domain", enhanced="5.5.4")
+SYNTAX_LHLO = Reply(501, "Syntax: LHLO domain", enhanced="5.5.4")
 SYNTAX_VRFY = Reply(501, "Syntax: VRFY address", enhanced="5.5.4")
 SYNTAX_MAIL = Reply(501, "Syntax: MAIL FROM:<address> [parameters]", enhanced="5.5.4")
 SYNTAX_RCPT = Reply(501, "Syntax: RCPT TO:<address> [parameters]", enhanced="5.5.4")
@@ -76,6 +77,8 @@ TLS_ACTIVE = Reply(503, "TLS already active", enhanced="5.5.1")
 STARTTLS_IN_TRANSACTION = Reply(503, "STARTTLS not allowed in a mail transaction",
                                 enhanced="5.5.1")
 NEED_HELO = Reply(503, "Send HELO or EHLO first", enhanced="5.5.1")
+NEED_LHLO = Reply(503, "Send LHLO first", enhanced="5.5.1")
+USE_LHLO = Reply(500, "This is LMTP: use LHLO", enhanced="5.5.1")  # RFC 2033 4.1
 NESTED_MAIL = Reply(503, "Sender already given", enhanced="5.5.1")
 RCPT_NEEDS_MAIL = Reply(503, "Need MAIL before RCPT", enhanced="5.5.1")
 DATA_NEEDS_MAIL = Reply(503, "Need MAIL before DATA", enhanced="5.5.1")

@@ -2,18 +2,22 @@
 
 Besides the 1.x ``--host``/``--port``/``--ssl_port``, ``--listen`` and
 ``--ssl_listen`` take entries like ``:2525 mode=bounce delay=1-5 rule=rcpt:550:10%``,
-each listener answering with its own mode, delay and rules.
+each listener answering with its own mode, delay and rules; ``unix:/path``
+listens on a Unix-domain socket, ``lmtp`` speaks LMTP (RFC 2033) there, and
+``proxy=on`` reads a load balancer's PROXY header first (blackhole.proxy).
 """
 
 import asyncio
 import errno
+import ipaddress
 import logging
+import os
 import resource
 import socket
 import sys
 from typing import NamedTuple
 
-from tornado.netutil import bind_sockets
+from tornado.netutil import bind_sockets, bind_unix_socket
 from tornado.tcpserver import TCPServer
 
 from blackhole import descriptors, metrics, replies
@@ -26,6 +30,7 @@ log = logging.getLogger("blackhole")
 
 BACKLOG = 1024  # pending connections per listener; load tests open them in bursts
 STALE = 1.0  # seconds a client must have kept us waiting before it makes room
+UNIX_PEER = ("unix", 0)  # the address of a client on a Unix-domain socket
 
 
 class Listener(NamedTuple):
@@ -41,9 +46,13 @@ class Listener(NamedTuple):
     rules: tuple = None  # parsed Rules; None: --rules
     policy: object = None  # the Policy its connections answer by
     tls: object = None  # the server SSLContext: STARTTLS, or at once if ``implicit``
+    path: str = None  # a Unix-domain socket's, in place of host and port
+    lmtp: bool = False  # LHLO and a reply per recipient (RFC 2033)
+    proxy: bool = False  # a PROXY header comes first, from one of ``proxy_from``
+    proxy_from: tuple = ()  # ip_networks of the balancers (--proxy_from)
 
     def __str__(self):
-        return address(self.host, self.port)
+        return f"unix:{self.path}" if self.path else address(self.host, self.port)
 
 
 def address(host, port):
@@ -51,7 +60,8 @@ def address(host, port):
 
 
 def parse_listeners(text, implicit):
-    """``[host]:port [mode=M] [delay=N|MIN-MAX] [rule=RULE ...]`` entries, separated by commas.
+    """``[host]:port|unix:/path [lmtp] [proxy=on] [mode=M] [delay=N|MIN-MAX] [rule=RULE ...]``
+    entries, separated by commas.
 
     ``:2525`` is every IPv4 address, ``:::2525`` every IPv6 one, ``[::1]:2525``
     one IPv6 address.
@@ -59,21 +69,22 @@ def parse_listeners(text, implicit):
     listeners = []
     for entry in filter(None, (part.strip() for part in text.split(","))):
         where, *settings = entry.split()
-        host, colon, port = where.rpartition(":")
-        if not (colon and port.isdigit() and 0 < int(port) < 65536):
-            raise BlackholeError(f"Invalid listener '{entry}': expected [host]:port")
-        host = host.strip("[]") or "0.0.0.0"
-        options, rules = {}, []
+        options, rules, lmtp = {}, [], False
         for setting in settings:
             name, equals, value = setting.partition("=")
             if equals and name == "rule":  # as many as needed
                 rules.append(value)
                 continue
-            if not equals or name not in ("mode", "delay") or name in options:
+            if setting == "lmtp" and not lmtp:
+                lmtp = True
+                continue
+            if not equals or name not in ("mode", "delay", "proxy") or name in options:
                 raise BlackholeError(f"Invalid listener '{entry}': unknown setting '{setting}'")
             options[name] = value
         if options.get("mode", "accept") not in MODES:
             raise BlackholeError(f"Invalid listener '{entry}': unknown mode")
+        if options.get("proxy", "off") not in ("on", "off"):
+            raise BlackholeError(f"Invalid listener '{entry}': proxy is on or off")
         try:
             delay = delay_range(options["delay"]) if "delay" in options else None
         except ValueError:
@@ -82,16 +93,47 @@ def parse_listeners(text, implicit):
             own = tuple(map(parse_rule, rules)) if rules else None
         except ValueError as error:  # it names the rule
             raise BlackholeError(str(error)) from None
-        listeners.append(Listener(host, int(port), implicit, options.get("mode"), delay, own))
+        kind = {"mode": options.get("mode"), "delay": delay, "rules": own, "lmtp": lmtp,
+                "proxy": options.get("proxy") == "on"}
+        if where.startswith("unix:") and where[5:]:
+            # Absolute: the daemon removes it at exit, from another directory.
+            listeners.append(Listener("", 0, implicit, path=os.path.abspath(where[5:]), **kind))
+            continue
+        host, colon, port = where.rpartition(":")
+        if not (colon and port.isdigit() and 0 < int(port) < 65536):
+            raise BlackholeError(f"Invalid listener '{entry}': expected [host]:port or "
+                                 "unix:/path")
+        listeners.append(Listener(host.strip("[]") or "0.0.0.0", int(port), implicit, **kind))
     return listeners
+
+
+def parse_networks(text, name="proxy_from"):
+    """--proxy_from or --admin_from (``name``): ``CIDR,...`` (a bare address is one host)."""
+    try:
+        return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                     for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise BlackholeError(f"Invalid value for {name}: {error}") from None
+
+
+def parse_socket_mode(text):
+    """--socket_mode: permission bits in octal, such as 0660."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise BlackholeError(f"Invalid value for socket_mode: '{text}' is not an octal mode "
+                             "such as 0666")
+    return mode
 
 
 def check_unique(listeners):
     seen = set()
     for listener in listeners:
-        if (listener.host, listener.port) in seen:
+        if (listener.host, listener.port, listener.path) in seen:
             raise BlackholeError(f"Duplicate listener {listener}")
-        seen.add((listener.host, listener.port))
+        seen.add((listener.host, listener.port, listener.path))
 
 
 def bind(host, port, workers=1):
@@ -124,6 +166,45 @@ def bind(host, port, workers=1):
         else:
             reason = error.strerror or str(error)
         raise BlackholeError(f"{reason}, could not bind to {where}") from None
+
+
+def bind_unix(path, mode, owner=None):
+    """Bind a Unix-domain socket file with permissions ``mode``, owned by ``owner``
+    ((uid, gid) or None), replacing a stale one; returns the socket and the
+    file's inode, so that only our own file is removed at exit.
+
+    Every worker accepts on this one socket (SO_REUSEPORT does not balance
+    Unix sockets).
+    """
+    where = f"unix:{path}"
+    try:
+        if _served(path):  # never take a live server's socket away
+            raise BlackholeError(f"Address already in use, could not bind to {where}")
+        sock = bind_unix_socket(path, mode, backlog=BACKLOG)  # removes a stale one first
+        if owner:
+            os.chown(path, *owner)
+        return sock, os.stat(path).st_ino
+    except ValueError:  # from bind_unix_socket
+        raise BlackholeError(f"A file that is not a socket is in the way, could not bind "
+                             f"to {where}") from None
+    except OSError as error:
+        raise BlackholeError(f"{error.strerror or error}, could not bind to {where}") from None
+
+
+def _served(path):
+    """Whether a socket file at ``path`` has a server accepting on it."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(1)  # a full backlog would hold a blocking connect
+        return os.path.exists(path) and probe.connect_ex(path) == 0
+
+
+def unbind_unix(path, inode):
+    """Remove the socket file we bound, unless another has taken its place."""
+    try:
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass  # gone already
 
 
 def raise_file_limit():
@@ -210,13 +291,16 @@ class SMTPServer(Accepting, TCPServer):
         self.sessions = sessions
 
     def add_sockets(self, sockets):
-        """Listen on ``sockets``; their connections inherit TCP_NODELAY, saving a call each."""
+        """Listen on ``sockets``; TCP connections inherit TCP_NODELAY, saving a call each."""
         for sock in sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().add_sockets(sockets)
 
     def handle_stream(self, stream, address):
         """Give the connection a MailState, or 421 if there are too many."""
+        if self.listener.path:
+            address = UNIX_PEER  # Unix-domain clients are unnamed
         sessions = self.sessions
         if len(sessions) >= sessions.limit and not sessions.make_room():
             metrics.counts[metrics.OPENED] += 1

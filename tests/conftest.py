@@ -19,7 +19,7 @@ from tornado.tcpclient import TCPClient
 from blackhole.config import Settings
 from blackhole.process import workers_of
 from blackhole.policy import Policy, parse_rules
-from blackhole.server import Listener, SMTPServer
+from blackhole.server import Listener, SMTPServer, parse_networks
 
 HOST = "127.0.0.1"
 
@@ -31,15 +31,19 @@ def smtp_server(io_loop):
     ``rules`` is rule text as --rules takes it; ``seed`` seeds the policy's draws.
 
     ``tls`` (an SSLContext) offers STARTTLS, or with ``implicit`` speaks TLS at
-    once. Returns the server and the port it listens on, 127.0.0.1 only.
+    once. ``proxy_from`` (--proxy_from's text) wants a PROXY header first;
+    ``lmtp`` speaks LMTP. Returns the server and the port it listens on,
+    127.0.0.1 only.
     """
     servers = []
 
     def start(mode="accept", delay=0, tls=None, implicit=False, max_connections=None,
-              rules="", seed=None, **settings):
+              rules="", seed=None, proxy_from=None, lmtp=False, **settings):
         sockets = bind_sockets(0, HOST)
         policy = Policy(mode, delay, parse_rules(rules), random.Random(seed))
-        listener = Listener(HOST, sockets[0].getsockname()[1], implicit, policy=policy, tls=tls)
+        listener = Listener(HOST, sockets[0].getsockname()[1], implicit, policy=policy, tls=tls,
+                            lmtp=lmtp, proxy=proxy_from is not None,
+                            proxy_from=parse_networks(proxy_from or ""))
         server = SMTPServer(Settings(**settings), listener, max_connections=max_connections)
         server.add_sockets(sockets)
         servers.append(server)

@@ -13,7 +13,7 @@ import pytest
 
 from blackhole import control, rulebook
 from blackhole.process import workers_of
-from tests.conftest import HOST, free_port, wait_for_port
+from tests.conftest import HOST, blackhole, free_port, wait_for_port
 from tests.test_metrics import MIB, peak_memory, push
 
 
@@ -212,6 +212,14 @@ def test_writes_only_from_admin_from_or_with_the_token(controlled):
     status, _ = request(metrics_port, "DELETE", "/rules", source="127.0.0.2")
     assert status == 200 and rules(metrics_port) == {
         "mode": "accept", "delay": "0", "rules": [], "listeners": {}, "generation": 2}
+
+
+def test_a_bad_admin_from_is_one_line():
+    result = blackhole(f"--host={HOST}", f"--port={free_port()}", "--ssl=False",
+                       "--admin_from=127.0.0.1/8,nowhere", "run")
+    assert (result.returncode, result.stderr) == (
+        1, "blackhole: Invalid value for admin_from: 'nowhere' does not appear to be an IPv4 or "
+           "IPv6 network\n")
 
 
 def test_without_a_token_only_admin_from_may_write(controlled):

@@ -67,9 +67,16 @@ def test_ssl_listeners_have_modes_too(daemon):
     ("--listen={h}:{p} delay=2-1", "Invalid listener '{h}:{p} delay=2-1': bad delay"),
     ("--listen={h}:{p} colour=red", "Invalid listener '{h}:{p} colour=red': unknown setting "
                                     "'colour=red'"),
-    ("--listen={h}", "Invalid listener '{h}': expected [host]:port"),
+    ("--listen={h}", "Invalid listener '{h}': expected [host]:port or unix:/path"),
     ("--listen=192.0.2.1:{p}", "Address not available, could not bind to 192.0.2.1:{p}"),
     ("--ssl=False --ssl_listen={h}:{p}", "--ssl_listen needs --ssl=True"),
+    ("--listen={h}:{p} proxy=maybe", "Invalid listener '{h}:{p} proxy=maybe': proxy is on or "
+                                     "off"),
+    ("--listen={h}:{p} lmtp lmtp", "Invalid listener '{h}:{p} lmtp lmtp': unknown setting "
+                                   "'lmtp'"),
+    ("--listen=unix:", "Invalid listener 'unix:': expected [host]:port or unix:/path"),
+    ("--listen={h}:{p} proxy=on --proxy_from=10.0.0.0/33",
+     "Invalid value for proxy_from: '10.0.0.0/33' does not appear to be an IPv4 or IPv6 network"),
 ])
 def test_bad_listeners_get_one_line(tmp_path, option, message):
     port = free_port()
