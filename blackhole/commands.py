@@ -204,7 +204,8 @@ def mail(session, arg):
     tag = session.tag(mailbox)
     if refusal := session.decide(Stage.MAIL, tag):
         return refusal
-    session.begin_transaction(utf8, (params.get("BODY") or "").upper() == "BINARYMIME", tag)
+    session.begin_transaction(utf8, (params.get("BODY") or "").upper() == "BINARYMIME", tag,
+                              mailbox)
     return replies.SENDER_OK
 
 
@@ -218,7 +219,7 @@ def rcpt(session, arg):
     if session.recipients >= session.settings.max_recipients:
         return replies.TOO_MANY_RECIPIENTS  # RFC 5321 4.5.3.1.10
     tag = session.tag(mailbox)
-    if refusal := session.decide(Stage.RCPT, tag):
+    if refusal := session.decide(Stage.RCPT, tag, mailbox):
         return refusal
     session.add_recipient(tag)
     return replies.RECIPIENT_OK

@@ -436,6 +436,7 @@ class MailState:
         if self.sessions is not None:  # the first close: a task may still be unwinding
             self.sessions.discard(self)
             self.sessions = None
+            self.session.ended()
             metrics.session_ended(self._loop.time() - self._opened)
             if self.session.ident:
                 log.debug("[%s] Closing", self.session.ident)

@@ -52,6 +52,12 @@ OPTIONS = (
      "failures to rehearse: 'STAGE:ACTION[:N%][:delay=N|MIN-MAX], ...'"),
     ("Mail", "seed", int, None,
      "seed every random draw (modes, odds, delay ranges) to repeat a run exactly"),
+    ("Limits", "max_connections", int, 0,
+     "connections open at once, over all workers; more get 421 (0: no limit)"),
+    ("Limits", "max_rate", int, 0,
+     "messages a second, over all workers; more MAILs get 450 (0: no limit)"),
+    ("Limits", "greylist", int, 0,
+     "seconds a new (client, sender, recipient) gets 451 at RCPT (0: off)"),
     ("TLS", "ssl", bool, True, "open the implicit-TLS port and offer STARTTLS"),
     ("TLS", "ssl_port", int, 465, "implicit-TLS (SMTPS) port"),
     ("TLS", "ssl_cert", str, None, "PEM certificate (chain)"),
@@ -93,6 +99,7 @@ _RANGES = {
     "port": (1, 65535), "ssl_port": (1, 65535), "timeout": (1, None),
     "delay": (0, None), "message_size_limit": (0, None),
     "max_recipients": (1, None), "workers": (1, None), "metrics_port": (0, 65535),
+    "max_connections": (0, None), "max_rate": (0, None), "greylist": (0, None),
 }
 
 

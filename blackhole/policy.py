@@ -1,8 +1,9 @@
 """The response policy: what to answer at every stage, apart from how SMTP is spoken.
 
-Every reply's decision passes ``Policy.decide``: the message's own request
-(an address tag) wins over the rules, and the rules over the defaults: the
-mode at the end of data, the delay before every reply but the greeting.
+Every reply's decision passes ``Policy.decide``: the capacity limits come
+first (blackhole.capacity), then the message's own request (an address tag)
+wins over the rules, and the rules over the defaults: the mode at the end of
+data, the delay before every reply but the greeting.
 A mode is a row of end-of-data reply codes (one is drawn at random); a delay
 is how long to wait before a reply, fixed or drawn from a range. A listener
 may have its own policy; a message may switch mode and delay for itself with
@@ -62,7 +63,8 @@ SENDER_STAGES = TRANSACTION_STAGES | {Stage.RCPT}
 
 
 class Rule(NamedTuple):
-    """One failure to rehearse: from --rules, a listener's ``rule=``, or an address tag."""
+    """One failure to rehearse: from --rules, a listener's ``rule=``, an address
+    tag, or a capacity limit's refusal."""
 
     stage: int  # a Stage
     action: object  # a 4xx or 5xx code, "drop", "hang" or "ok"
@@ -71,6 +73,7 @@ class Rule(NamedTuple):
     token: str  # as written, for the log
     tag: bool  # an address tag rather than a configured rule
     answer: object  # the Reply for a code, DROP, HANG, or None (the normal reply)
+    limit: bool = False  # a capacity limit's refusal (blackhole.capacity)
 
 
 _NAMED = {"drop": DROP, "hang": HANG, "ok": None}  # the actions that are no code
@@ -187,12 +190,14 @@ def _tag(text):
 class Policy:
     """What to answer at each stage, and how long to wait before replies."""
 
-    __slots__ = ("mode", "delay", "rules", "stage_rules", "draws", "_replies")
+    __slots__ = ("mode", "delay", "rules", "stage_rules", "draws", "limits", "asks",
+                 "_replies")
 
-    def __init__(self, mode="accept", delay=0, rules=(), draws=None):
+    def __init__(self, mode="accept", delay=0, rules=(), draws=None, limits=None):
         """``delay``: seconds, or a (min, max) range to draw from for each reply.
 
-        ``rules``: parsed Rules; ``draws``: the random.Random of every draw.
+        ``rules``: parsed Rules; ``draws``: the random.Random of every draw;
+        ``limits``: the capacity.Limits shared by every listener, or None.
         """
         if mode not in MODES:
             raise ValueError(
@@ -200,35 +205,50 @@ class Policy:
             )
         # Per stage, its rules in the order given: an empty tuple is the common case.
         self.stage_rules = [()] * len(STAGE_NAMES)
+        # Per stage, whether there is anything to decide: a rule or a limit.
+        self.asks = [False] * len(STAGE_NAMES)
+        self.limits = limits
         self.update(mode, delay, rules)
         self.draws = draws if draws is not None else random.Random()
 
     def update(self, mode, delay, rules):
         """Answer with a checked mode, delay and rules from now on, in place:
-        sessions keep a reference to ``stage_rules``, so open connections see
-        the change at their next reply without a lookup of their own."""
+        sessions keep references to ``stage_rules`` and ``asks``, so open
+        connections see the change at their next reply without a lookup of their own."""
         self.mode = mode
         self.delay = _seconds(delay)  # falsy when there is none
         self.rules = tuple(rules)
         self.stage_rules[:] = [tuple(rule for rule in self.rules if rule.stage == stage)
                                for stage in range(len(STAGE_NAMES))]
+        limits = self.limits
+        self.asks[:] = [bool(rules) or (limits is not None and stage in limits.stages)
+                        for stage, rules in enumerate(self.stage_rules)]
         self._replies = _MODE_REPLIES[mode]
 
-    def decide(self, stage, requested=None):
-        """The rule or tag that decides this reply, or None for the normal reply.
+    def decide(self, stage, requested=None, session=None, address=None):
+        """The limit, tag or rule that decides this reply, or None for the normal reply.
 
-        ``requested`` is the message's own tag for ``stage``: it wins over the
-        rules. Rules are tried in order, each drawing its odds; the first that
-        fires decides. Capacity limits (issue 13, section 4) belong first,
-        before ``requested``: no tag or rule lets a client past them.
+        Capacity limits come first (issue 13, section 4): no tag or rule lets
+        a client past them; they read the ``session`` (its client, its
+        sender) and the command's ``address``. ``requested`` is the message's
+        own tag for ``stage``: it wins over the rules. Rules are tried in
+        order, each drawing its odds; the first that fires decides.
         """
-        if requested is not None:
-            return requested
-        draw = self.draws.random
-        for rule in self.stage_rules[stage]:
-            if rule.odds >= 1 or draw() < rule.odds:
-                return rule
-        return None
+        limits = self.limits
+        if limits is not None:
+            refusal = limits.check(stage, session, address)
+            if refusal is not None:
+                return refusal
+        fault = requested
+        if fault is None:
+            draw = self.draws.random
+            for rule in self.stage_rules[stage]:
+                if rule.odds >= 1 or draw() < rule.odds:
+                    fault = rule
+                    break
+        if limits is not None and (fault is None or fault.answer is None):
+            limits.passed(stage)  # no refusal: the command goes through
+        return fault
 
     def pause(self, delay=None):
         """Seconds to wait before a reply: ``delay`` (drawn if a range), or the policy's."""

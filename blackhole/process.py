@@ -26,7 +26,8 @@ except ImportError:
     uvloop = None
 
 from blackhole import log as logs
-from blackhole import control, descriptors, metrics, options, privileges, rulebook, server, tls
+from blackhole import (capacity, control, descriptors, metrics, options, privileges, rulebook,
+                       server, tls)
 from blackhole.errors import BlackholeError
 from blackhole.policy import Policy, parse_rules
 
@@ -49,6 +50,7 @@ class Plan(NamedTuple):
     metrics: list  # the bound sockets of the metrics port, or none
     admin: control.Admin  # who may change the rules there
     files: list  # (path, inode) of each Unix-domain socket bound, removed at exit
+    limits: object = None  # the capacity.Limits every worker shares, or None
 
 
 def listeners(values):
@@ -80,6 +82,8 @@ def prepare(values, settings, policy):
     proxy_from = server.parse_networks(values.proxy_from)
     admin = control.admin(values.admin_from, values.admin_token)
     socket_mode = server.parse_socket_mode(values.socket_mode)
+    # In memory shared with the workers forked later, as the metrics are.
+    limits = capacity.shared(values)
     bound, files = [], []
     try:
         for listener in wanted:
@@ -87,7 +91,7 @@ def prepare(values, settings, policy):
             own = Policy(listener.mode or policy.mode,
                          policy.delay if listener.delay is None else listener.delay,
                          policy.rules if listener.rules is None else listener.rules,
-                         policy.draws)
+                         policy.draws, limits)
             if listener.path:
                 sock, inode = server.bind_unix(listener.path, socket_mode,
                                                account and (account.uid, account.gid))
@@ -102,7 +106,7 @@ def prepare(values, settings, policy):
     except BlackholeError:
         remove_files(files)
         raise
-    return Plan(bound, context, account, scrape, admin, files)
+    return Plan(bound, context, account, scrape, admin, files, limits)
 
 
 def remove_files(files):
@@ -273,6 +277,8 @@ def announcement(plan, values, settings):
                         if own.delay else "")
                      + (f", rules {' '.join(rule.token for rule in own.rules)}"
                         if own.rules else ""))
+    if plan.limits is not None:
+        lines.append(f"Limits: {plan.limits}")
     if plan.context and values.ssl_cert is None and values.ssl_key is None:
         lines.append("No certificate configured: using a self-signed one for "
                      f"{settings.mailname}")
@@ -308,6 +314,8 @@ def _worker(plan, values, settings, stderr, master, blocks, book, task):
             privileges.drop(plan.account)
         _follow_master(master)
         metrics.count_in(blocks, task)  # a replacement gets its predecessor's task
+        if plan.limits is not None:
+            plan.limits.count_in(task)
         follower = rulebook.Follower(book, task, [], lambda: workers_of(master))
         (uvloop.run if uvloop else asyncio.run)(_serve(plan, settings, blocks, follower))
         code = 0

@@ -50,8 +50,8 @@ class Session:
         "recipients", "errors", "closing", "in_data", "message_size",
         "starttls_offered", "secure", "tls_pending", "authenticated", "bdat",
         "binarymime", "_out", "_consume", "_unread", "_discarding", "_reader",
-        "_chunk_reply", "_chunk_refused", "_auth", "_counts", "messages", "_rules",
-        "_tags", "_delay", "peer", "_verbs",
+        "_chunk_reply", "_chunk_refused", "_auth", "_counts", "messages", "_asks",
+        "_tags", "_delay", "peer", "sender", "_verbs",
     )
     lmtp = False
 
@@ -76,9 +76,10 @@ class Session:
         self.in_data = False  # message data is streaming in (DATA or a BDAT chunk)
         self.message_size = 0  # of the last message, after dot-unstuffing
         self.messages = 0  # messages whose end has been answered
+        self.sender = None  # the transaction's reverse-path ("" for the null sender)
         self._out = []
         self._counts = metrics.counts
-        self._rules = policy.stage_rules
+        self._asks = policy.asks
         self._tags = None  # the transaction's tags, by stage
         self._delay = None  # the deciding rule's or tag's delay, for the next reply
         self._consume = self._commands  # what takes the next bytes: commands or a reader
@@ -135,37 +136,46 @@ class Session:
             return policy.tag(address)
         return None
 
-    def decide(self, stage, tag=None):
+    def decide(self, stage, tag=None, address=None):
         """Ask the policy, between a command's checks and its effect.
 
         None: go on, with the normal reply. Otherwise the Reply, DROP or HANG
         to give instead, and the command must have no effect. ``tag``: the
         command's own address's; otherwise the transaction's tags count.
+        ``address``: the recipient, for greylisting.
         """
         if tag is not None and tag.stage != stage:
             tag = None  # it asks for a stage it does not stand at: ignored
         if tag is None and self._tags is not None:
             tag = self._tags.get(stage)
-        if tag is None and not self._rules[stage]:
-            return None  # the common case: nothing to ask (a limit must make it ask)
-        fault = self.policy.decide(stage, tag)
+        if tag is None and not self._asks[stage]:
+            return None  # the common case: no rule, no limit, nothing to ask
+        fault = self.policy.decide(stage, tag, self, address)
         if fault is None:
             return None
         metrics.fault(stage, fault.action)
         self._delay = fault.delay
         if self.ident:
-            log.debug("[%s] %s: %s", self.ident, "TAG" if fault.tag else "RULE", fault.token)
+            log.debug("[%s] %s: %s", self.ident,
+                      "LIMIT" if fault.limit else "TAG" if fault.tag else "RULE", fault.token)
         return fault.answer
+
+    def ended(self):
+        """The connection is closed: its place under --max_connections is free."""
+        limits = self.policy.limits
+        if limits is not None:
+            limits.release(self)
 
     def greet(self, extended):
         self.phase = Phase.GREETED
         self.extended = extended
 
-    def begin_transaction(self, smtputf8, binarymime, tag=None):
+    def begin_transaction(self, smtputf8, binarymime, tag=None, sender=""):
         """MAIL accepted. The sender's tag holds for the whole transaction.
 
         The next MAIL replaces the tags: none of their stages comes before it.
         """
+        self.sender = sender
         self._tags = {tag.stage: tag} if tag is not None and tag.stage in SENDER_STAGES else None
         self.phase = Phase.MAIL
         self.smtputf8 = smtputf8
@@ -448,8 +458,8 @@ class LMTPSession(Session):
     __slots__ = ("_deliveries",)
     lmtp = True
 
-    def begin_transaction(self, smtputf8, binarymime, tag=None):
-        super().begin_transaction(smtputf8, binarymime, tag)
+    def begin_transaction(self, smtputf8, binarymime, tag=None, sender=""):
+        super().begin_transaction(smtputf8, binarymime, tag, sender)
         self._deliveries = []  # each accepted recipient's own eod tag, or None
 
     def add_recipient(self, tag=None):

@@ -5,6 +5,8 @@ the HELO/EHLO replies and 3xx replies, as RFC 2034 section 3 says.  Texts are
 the 1.x ones wherever 1.x had one.
 """
 
+import functools
+
 # Replies that mean "your command was wrong"; enough of them end the session.
 _COMMAND_ERRORS = frozenset((500, 501, 502, 503, 504, 555))
 
@@ -110,6 +112,8 @@ TOO_MANY_ERRORS = Reply(421, "Too many errors, closing connection", enhanced="4.
 TIMEOUT = Reply(421, "Error: timeout exceeded, closing connection", enhanced="4.4.2")
 TOO_MANY_CONNECTIONS = Reply(421, "Too many connections, try again later",
                              enhanced="4.3.2")
+# --max_rate and --greylist (issue 13, section 4): policy refusals, RFC 3463 X.7.1.
+TOO_MUCH_MAIL = Reply(450, "Too much mail, try again later", enhanced="4.7.1")
 MAKING_ROOM = Reply(421, "Too busy to wait for an idle client, closing connection",
                     enhanced="4.4.2")
 SHUTTING_DOWN = Reply(421, "Shutting down, try again later", enhanced="4.3.2")
@@ -175,6 +179,12 @@ _BY_STAGE = {
 }
 # RFC 2034 3: no enhanced code on the greeting or the HELO/EHLO replies.
 _PLAIN_STAGES = ("connect", "helo", "ehlo")
+
+
+@functools.lru_cache(maxsize=64)
+def greylisted(seconds):
+    """451 to a triplet's first RCPT, saying how long its retry must wait."""
+    return Reply(451, f"Greylisted, try again in {seconds} seconds", enhanced="4.7.1")
 
 
 def refusal(stage, code):

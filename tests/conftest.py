@@ -1,5 +1,6 @@
 """Fixtures: a real server on a loopback port, raw and smtplib clients, the CLI as a process."""
 
+import contextlib
 import os
 import random
 import resource
@@ -28,7 +29,8 @@ HOST = "127.0.0.1"
 def smtp_server(io_loop):
     """Start an SMTPServer on the test's IOLoop: ``smtp_server(mode=..., delay=..., **settings)``.
 
-    ``rules`` is rule text as --rules takes it; ``seed`` seeds the policy's draws.
+    ``rules`` is rule text as --rules takes it; ``seed`` seeds the policy's draws;
+    ``limits`` is a capacity.Limits.
 
     ``tls`` (an SSLContext) offers STARTTLS, or with ``implicit`` speaks TLS at
     once. ``proxy_from`` (--proxy_from's text) wants a PROXY header first;
@@ -38,9 +40,9 @@ def smtp_server(io_loop):
     servers = []
 
     def start(mode="accept", delay=0, tls=None, implicit=False, max_connections=None,
-              rules="", seed=None, proxy_from=None, lmtp=False, **settings):
+              rules="", seed=None, proxy_from=None, lmtp=False, limits=None, **settings):
         sockets = bind_sockets(0, HOST)
-        policy = Policy(mode, delay, parse_rules(rules), random.Random(seed))
+        policy = Policy(mode, delay, parse_rules(rules), random.Random(seed), limits)
         listener = Listener(HOST, sockets[0].getsockname()[1], implicit, policy=policy, tls=tls,
                             lmtp=lmtp, proxy=proxy_from is not None,
                             proxy_from=parse_networks(proxy_from or ""))
@@ -253,3 +255,83 @@ def stop_by_pid(process):
                 except ProcessLookupError:
                     pass  # already gone
     process.communicate(timeout=10)
+
+
+def serving_workers(process, log, count):
+    """The pids of the daemon's ``count`` workers, once each says it serves."""
+    deadline = time.monotonic() + 15
+    while True:
+        pids = workers_of(process.pid)
+        text = log.read_text() if log.exists() else ""
+        if len(pids) == count and all(f"Worker {pid} serving on " in text for pid in pids):
+            return pids
+        assert time.monotonic() < deadline, f"workers not serving: {pids}"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def only_worker(workers, chosen):
+    """Let only worker ``chosen`` accept connections: the others are stopped
+    (SIGSTOP, by pid) until the block ends, so what is greeted is its own."""
+    others = [pid for pid in workers if pid != chosen]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
+class BlockingClient:
+    """A raw SMTP client on a blocking socket, for threads and workers of a daemon."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.file = sock.makefile("rb")
+        self.greeting = None
+        self.tries = 1  # connections it took to be greeted
+
+    def reply(self):
+        """One reply as (code, text), the text of multi-line replies joined by newlines."""
+        lines = []
+        while True:
+            line = self.file.readline().decode()
+            if not line:
+                raise ConnectionError("closed by the server")
+            lines.append(line[4:].rstrip("\r\n"))
+            if line[3] == " ":
+                return int(line[:3]), "\n".join(lines)
+
+    def command(self, line):
+        self.sock.sendall(line.encode() + b"\r\n")
+        return self.reply()
+
+    def closed(self):
+        """True once the server has closed the connection (and sent nothing more)."""
+        return self.sock.recv(1) == b""
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+def greeted(port, wait=0.5, tries=40, source=HOST):
+    """A BlockingClient greeted by a worker that answers (the greeting in ``.greeting``).
+
+    A connection that the kernel gives to a stopped worker gets no greeting
+    within ``wait`` seconds: it is closed and another is tried.
+    """
+    for tried in range(1, tries + 1):
+        sock = socket.create_connection((HOST, port), timeout=10, source_address=(source, 0))
+        sock.settimeout(wait)
+        client = BlockingClient(sock)
+        try:
+            client.greeting = client.reply()
+        except TimeoutError:
+            client.close()
+            continue
+        sock.settimeout(10)
+        client.tries = tried
+        return client
+    raise AssertionError(f"no worker greeted in {tries} tries")
