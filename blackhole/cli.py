@@ -3,7 +3,7 @@
 import os
 import sys
 
-from blackhole import __version__, daemon, options, process
+from blackhole import __version__, console, daemon, options, process
 from blackhole.errors import BlackholeError, UsageError
 
 # action -> (function(values, settings, policy) returning the exit code, what it does).
@@ -17,6 +17,12 @@ ACTIONS = {
     "restart": (daemon.restart, "stop, then start"),
     "run": (process.run, "serve in the foreground, logging to stderr (and to --log if "
                          "given)"),
+    "reload": (console.reload, "SIGHUP the daemon: re-read mode, delay and rules from --conf, "
+                               "reopen the log"),
+    "stats": (console.stats, "print the running server's counters (GET /stats on "
+                             "--metrics_port) as name value lines"),
+    "watch": (console.watch, "print messages per second, sessions, replies and faults once "
+                             "a second until interrupted"),
 }
 USAGE = f"usage: blackhole [--option=value ...] ({'|'.join(ACTIONS)})"
 

@@ -23,7 +23,14 @@ that lies in such a directory (a sticky one such as /tmp excepted).""",
 SIGTERM or SIGINT to the master stops accepting, gives sessions in flight
 up to {process.GRACE} seconds, ends every worker, removes the pid file
 and exits 0; stop sends SIGTERM and SIGKILL after {daemon.STOP_TIMEOUT}
-seconds. SIGHUP reopens the log file, for logrotate.""",
+seconds. SIGHUP reopens the log file, for logrotate, and re-reads mode,
+delay, rules and the listeners' own settings from --conf (reload sends it);
+a config with an error keeps the running values and logs one line.""",
+    "CONTROL": """With --metrics_port, GET /rules shows the running mode, delay and rules as
+JSON; PUT /rules changes any of them in every worker, for open connections
+too, and DELETE /rules restores those blackhole started with. Writes come
+from --admin_from, or with Authorization: Bearer and --admin_token. GET
+/stats shows the counters summed over every worker, as stats and watch do.""",
     "EXIT STATUS": """\
 0 on success, stop included when nothing runs; 1 on a bad option, value or
 config file, a TLS, bind or account error, or start while running; 2 on a
@@ -72,7 +79,7 @@ def render():
                 text += "" if shown is None else f" (default: {shown})"
                 term = f"\\fB\\-\\-{_text(name)}\\fR=\\fI{kinds[kind]}\\fR"
                 out.append(_item(term, text))
-    for section in ("CONFIG FILE", "SIGNALS", "EXIT STATUS"):
+    for section in ("CONFIG FILE", "SIGNALS", "CONTROL", "EXIT STATUS"):
         out += [f".SH {section}", _text(PROSE[section])]
     out.append(".SH FILES")
     out += [_item(f".I {_text(path)}", text) for path, text in FILES]

@@ -10,14 +10,8 @@ same block. A scrape, and the master's summary at exit, add up every block.
 
 import mmap
 import time
-from http import HTTPStatus
-
-from tornado.httpserver import HTTPServer
-from tornado.httputil import (HTTPHeaders, HTTPMessageDelegate, HTTPServerConnectionDelegate,
-                              ResponseStartLine)
 
 from blackhole.commands import LMTP_COMMANDS
-from blackhole.descriptors import Accepting
 from blackhole.policy import STAGE_NAMES
 
 # Slots: every counter and histogram bucket has a fixed place.
@@ -45,12 +39,6 @@ _FAULT_INDEX = {action: index for index, action in enumerate(FAULT_ACTIONS)}
 
 counts = memoryview(bytearray(SLOTS * 8)).cast("Q")  # this process's; see count_in
 STARTED = time.time()  # when the master started; inherited by the workers
-
-# The metrics port: requests are small, and slow ones are not waited for.
-MAX_HEADER = 16 * 1024  # octets of request line and header fields
-MAX_BODY = 64 * 1024  # octets of body read at most, while an answer is still being sent
-TIMEOUT = 5  # seconds from connecting to the end of the request's header
-CONNECTIONS = 16  # open at once per worker, within its descriptor budget
 
 
 def shared(workers):
@@ -124,6 +112,30 @@ def summary(blocks):
             f"refused by code: {refusals}, {values[MESSAGE_BYTES]} bytes")
 
 
+def stats(blocks):
+    """GET /stats: the counters a tester reconciles a run with, summed over workers."""
+    values, active = total(blocks)
+
+    def by_code(base):
+        return {str(code): values[base + code - 200] for code in range(200, 600)
+                if values[base + code - 200]}
+
+    return {
+        "connections_opened": values[OPENED],
+        "connections_open": active,
+        "messages": by_code(MESSAGE),
+        "replies": by_code(REPLY),
+        "recipients": values[RECIPIENTS],
+        "octets": values[MESSAGE_BYTES],
+        "faults": {f"{name}:{action}": values[FAULTS + stage * len(FAULT_ACTIONS) + index]
+                   for stage, name in enumerate(STAGE_NAMES)
+                   for index, action in enumerate(FAULT_ACTIONS)
+                   if values[FAULTS + stage * len(FAULT_ACTIONS) + index]},
+        "tls_sessions": sum(values[TLS:TLS + len(TLS_VERSIONS)]),
+        "uptime_seconds": round(time.time() - STARTED, 3),
+    }
+
+
 def exposition(blocks, healthy=True):
     """The Prometheus text format (0.0.4) for every counter of every worker."""
     values, active = total(blocks)
@@ -183,77 +195,3 @@ def exposition(blocks, healthy=True):
            [("", round(time.time() - STARTED, 3))])
     family("up", "gauge", "1 while the server accepts mail.", [("", int(healthy))])
     return "\n".join(out) + "\n"
-
-
-def http_server(blocks, healthy):
-    """The metrics port, not yet listening: GET /metrics and GET /healthz.
-
-    ``healthy()`` is true while mail is accepted. A client gets TIMEOUT seconds
-    and MAX_HEADER octets for its request's header; its body is never read.
-    """
-    return _Port(_Pages(blocks, healthy), max_header_size=MAX_HEADER,
-                 max_body_size=MAX_BODY, idle_connection_timeout=TIMEOUT,
-                 body_timeout=TIMEOUT)
-
-
-class _Port(Accepting, HTTPServer):
-    """The metrics port's server: at most CONNECTIONS connections at once, so
-    it keeps to its share of the worker's descriptors; more are closed at once."""
-
-    _open = 0
-
-    def handle_stream(self, stream, address):
-        if self._open >= CONNECTIONS:
-            stream.close()
-            return
-        self._open += 1
-        super().handle_stream(stream, address)
-
-    def on_close(self, server_conn):
-        self._open -= 1
-        super().on_close(server_conn)
-
-
-class _Pages(HTTPServerConnectionDelegate):
-    """The metrics port's pages: every one a GET without a body."""
-
-    def __init__(self, blocks, healthy):
-        self.blocks, self.healthy = blocks, healthy
-
-    def start_request(self, server_conn, request_conn):
-        return _Request(self, request_conn)
-
-    def answer(self, start_line, headers):
-        """(status, headers, body) for a request, from its start line and header alone."""
-        declared = headers.get("Content-Length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
-            return 413, {}, b""  # RFC 9110 15.5.14
-        path = start_line.path.partition("?")[0]
-        if path not in ("/metrics", "/healthz"):
-            return 404, {}, b""
-        if start_line.method != "GET":
-            return 405, {"Allow": "GET"}, b""  # RFC 9110 15.5.6
-        if path == "/healthz":
-            healthy = self.healthy()
-            return (200 if healthy else 503, {"Content-Type": "text/plain; charset=utf-8"},
-                    b"OK\n" if healthy else b"stopping\n")
-        page = exposition(self.blocks, self.healthy()).encode()
-        return 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}, page
-
-
-class _Request(HTTPMessageDelegate):
-    """One request, answered as soon as its header is in, and the connection's last.
-
-    Tornado closes a connection rather than read a body after its answer, so
-    a body sent here is never read, whatever its size or framing.
-    """
-
-    def __init__(self, pages, connection):
-        self.pages, self.connection = pages, connection
-
-    def headers_received(self, start_line, headers):
-        status, fields, body = self.pages.answer(start_line, headers)
-        fields = HTTPHeaders({**fields, "Content-Length": str(len(body)), "Connection": "close"})
-        self.connection.write_headers(
-            ResponseStartLine("HTTP/1.1", status, HTTPStatus(status).phrase), fields, body)
-        self.connection.finish()

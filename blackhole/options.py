@@ -12,6 +12,7 @@ import random
 import re
 import stat
 import tokenize
+import weakref
 
 from tornado.options import Error as TornadoOptionError
 from tornado.options import OptionParser
@@ -76,6 +77,10 @@ OPTIONS = (
     ("Logging", "metrics_port", int, 0,
      "serve Prometheus /metrics and /healthz on this port (0: off)"),
     ("Logging", "metrics_host", str, "127.0.0.1", "address of the metrics port"),
+    ("Logging", "admin_from", str, "127.0.0.0/8,::1",
+     "clients allowed to change the rules on the metrics port: comma-separated CIDRs"),
+    ("Logging", "admin_token", str, None,
+     "or those sending 'Authorization: Bearer TOKEN' with this token"),
     ("Logging", "debug", bool, False, "log every line received and sent"),
 )
 _METAVARS = {str: "TEXT", int: "N", bool: "BOOL"}
@@ -87,6 +92,8 @@ SHOWN_DEFAULTS = {"workers": "cores - 2, at least 1"}
 BOOLEANS = {"true": True, "t": True, "1": True, "yes": True, "on": True,
             "false": False, "f": False, "0": False, "no": False, "off": False}
 _PATHS = ("pid", "log", "ssl_cert", "ssl_key")
+RELOADED = ("mode", "delay", "rules", "listen", "ssl_listen")  # what SIGHUP re-reads
+_command_line = weakref.WeakKeyDictionary()  # parsed options -> RELOADED before --conf
 _OPTIONAL = {name for _, name, _, default, _ in OPTIONS if default is None}
 _RANGES = {
     "port": (1, 65535), "ssl_port": (1, 65535), "timeout": (1, None),
@@ -273,6 +280,7 @@ def parse(args):
             given[_apply_flag(parser, arg)] = arg
         else:
             actions.append(arg)
+    _command_line[parser] = {name: parser[name] for name in RELOADED}
     warnings = []
     if parser.conf:
         conf = parser.conf
@@ -287,6 +295,22 @@ def parse(args):
         if parser[name]:
             setattr(parser, name, os.path.abspath(parser[name]))
     return actions, parser, warnings
+
+
+def reread(values):
+    """RELOADED as the command line and ``--conf`` say now (SIGHUP): {name: value}.
+
+    Raises BlackholeError, one line, if the file is wrong anywhere.
+    """
+    fresh = dict(_command_line[values])
+    for name, (value, _) in read_config(values.conf).items():
+        if name in fresh:
+            fresh[name] = value
+    if fresh["mode"] not in MODES:
+        raise BlackholeError(f"Unknown mode '{fresh['mode']}': choose one of {', '.join(MODES)}")
+    if fresh["delay"] < 0:
+        raise BlackholeError(f"Option delay must be at least 0, not {fresh['delay']}")
+    return fresh
 
 
 def settings(values):

@@ -203,17 +203,26 @@ class Policy:
             raise ValueError(
                 f"Unknown mode '{mode}': choose one of {', '.join(MODES)}"
             )
+        # Per stage, its rules in the order given: an empty tuple is the common case.
+        self.stage_rules = [()] * len(STAGE_NAMES)
+        # Per stage, whether there is anything to decide: a rule or a limit.
+        self.asks = [False] * len(STAGE_NAMES)
+        self.limits = limits
+        self.update(mode, delay, rules)
+        self.draws = draws if draws is not None else random.Random()
+
+    def update(self, mode, delay, rules):
+        """Answer with a checked mode, delay and rules from now on, in place:
+        sessions keep references to ``stage_rules`` and ``asks``, so open
+        connections see the change at their next reply without a lookup of their own."""
         self.mode = mode
         self.delay = _seconds(delay)  # falsy when there is none
         self.rules = tuple(rules)
-        # Per stage, its rules in the order given: an empty tuple is the common case.
-        self.stage_rules = tuple(tuple(rule for rule in self.rules if rule.stage == stage)
-                                 for stage in range(len(STAGE_NAMES)))
-        self.limits = limits
-        # Per stage, whether there is anything to decide: a rule or a limit.
-        self.asks = tuple(bool(rules) or (limits is not None and stage in limits.stages)
-                          for stage, rules in enumerate(self.stage_rules))
-        self.draws = draws if draws is not None else random.Random()
+        self.stage_rules[:] = [tuple(rule for rule in self.rules if rule.stage == stage)
+                               for stage in range(len(STAGE_NAMES))]
+        limits = self.limits
+        self.asks[:] = [bool(rules) or (limits is not None and stage in limits.stages)
+                        for stage, rules in enumerate(self.stage_rules)]
         self._replies = _MODE_REPLIES[mode]
 
     def decide(self, stage, requested=None, session=None, address=None):

@@ -3,7 +3,9 @@
 The master binds (as root, if need be), forks ``--workers`` workers with
 ``tornado.process.fork_processes`` (which replaces a worker that crashes),
 forwards SIGTERM, SIGINT and SIGHUP to them, and exits once they have all
-finished. Workers switch to ``--user``/``--group`` and serve.
+finished. Workers switch to ``--user``/``--group`` and serve. On SIGHUP the
+master also re-reads the mode, delay and rules from ``--conf`` and publishes
+them in the rulebook, which every worker applies.
 """
 
 import asyncio
@@ -11,6 +13,7 @@ import ctypes
 import logging
 import os
 import signal
+import types
 from typing import NamedTuple
 
 import setproctitle
@@ -23,9 +26,10 @@ except ImportError:
     uvloop = None
 
 from blackhole import log as logs
-from blackhole import capacity, descriptors, metrics, privileges, server, tls
+from blackhole import (capacity, control, descriptors, metrics, options, privileges, rulebook,
+                       server, tls)
 from blackhole.errors import BlackholeError
-from blackhole.policy import Policy
+from blackhole.policy import Policy, parse_rules
 
 log = logging.getLogger("blackhole")
 
@@ -34,6 +38,7 @@ MAX_RESTARTS = 100  # crashed workers replaced before the master gives up
 _stopping = False  # set by a stop signal; a worker forked or signalled early sees it
 _master = None  # the master's pid
 _owner = None  # (uid, gid) the log file belongs to, when workers switch account
+_reload = None  # in the master: what SIGHUP re-reads the settings with
 
 
 class Plan(NamedTuple):
@@ -43,6 +48,7 @@ class Plan(NamedTuple):
     context: object  # the server SSLContext, or None
     account: object  # a privileges.Account, or None to stay as we are
     metrics: list  # the bound sockets of the metrics port, or none
+    admin: control.Admin  # who may change the rules there
     files: list  # (path, inode) of each Unix-domain socket bound, removed at exit
     limits: object = None  # the capacity.Limits every worker shares, or None
 
@@ -74,6 +80,7 @@ def prepare(values, settings, policy):
     account = privileges.resolve(values.user, values.group)
     server.raise_file_limit()
     proxy_from = server.parse_networks(values.proxy_from)
+    admin = control.admin(values.admin_from, values.admin_token)
     socket_mode = server.parse_socket_mode(values.socket_mode)
     # In memory shared with the workers forked later, as the metrics are.
     limits = capacity.shared(values)
@@ -99,7 +106,7 @@ def prepare(values, settings, policy):
     except BlackholeError:
         remove_files(files)
         raise
-    return Plan(bound, context, account, scrape, files, limits)
+    return Plan(bound, context, account, scrape, admin, files, limits)
 
 
 def remove_files(files):
@@ -140,9 +147,59 @@ def _on_stop(signum, frame):
 
 
 def _on_hangup(signum, frame):
+    """In the master: reopen the log, re-read --conf, and tell the workers,
+    which reopen theirs and apply what the rulebook now holds."""
     if os.getpid() == _master:
         logs.reopen(_owner)
+        if _reload:
+            _reload()
         _signal_workers(signal.SIGHUP)
+
+
+def reloaded(values, running):
+    """The rulebook settings as the command line and ``--conf`` say now.
+
+    Only the mode, delay, rules and the running listeners' own settings are
+    re-read; a BlackholeError, one line, if any of them is wrong.
+    """
+    fresh = options.reread(values)
+    view = types.SimpleNamespace(
+        **{name: values[name] for name in ("host", "port", "ssl", "ssl_port")}, **fresh)
+    wanted = listeners(view)
+    try:
+        rules = parse_rules(fresh["rules"] or "")
+    except ValueError as error:
+        raise BlackholeError(str(error)) from None
+    if {str(listener) for listener in wanted} != set(running):
+        log.warning("The listeners in %s differ from those running: a restart takes them up",
+                    values.conf)
+    return rulebook.started(fresh["mode"], fresh["delay"], rules,
+                            [listener for listener in wanted if str(listener) in running])
+
+
+def _reloader(values, book):
+    """SIGHUP's work in the master: publish the re-read settings, or keep the running ones."""
+
+    def reload():
+        try:
+            settings = reloaded(values, book.running)
+        except BlackholeError as error:
+            log.error("Reload of %s failed, the running settings stay: %s", values.conf, error)
+            return
+        except Exception:  # in a signal handler of the master, which must go on
+            log.exception("Reload of %s failed, the running settings stay", values.conf)
+            return
+        book.lock()  # held by a worker only between two of its awaits
+        try:
+            generation = book.publish(settings)
+        except ValueError as error:
+            log.error("Reload of %s failed, the running settings stay: %s", values.conf, error)
+            return
+        finally:
+            book.unlock()
+        log.info("Reloaded %s: settings generation %d", values.conf, generation)
+
+    return reload if values.conf else None
 
 
 def catch_signals():
@@ -153,6 +210,9 @@ def catch_signals():
     for signum, handler in ((signal.SIGTERM, _on_stop), (signal.SIGINT, _on_stop),
                             (signal.SIGALRM, _on_stop), (signal.SIGHUP, _on_hangup)):
         signal.signal(signum, handler)
+    # A worker's siblings say "the rulebook changed" with SIGUSR1: until its
+    # event loop hears it, a worker ignores it (and reads the rulebook then).
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def serve(plan, values, settings, policy, stderr=False, ready=None):
@@ -161,7 +221,7 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
     ``ready`` is called once everything is listening, just before the fork.
     Workers never return from here.
     """
-    global _owner
+    global _owner, _reload
     setproctitle.setproctitle("blackhole: master")
     logs.configure(values.log, values.debug, stderr)
     _owner = plan.account and (plan.account.uid, plan.account.gid)
@@ -175,6 +235,12 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
     # A block of counters for each worker, in memory shared with them: nothing
     # on disk for the workers' account to plant, nothing a SIGKILL leaves behind.
     blocks = metrics.shared(values.workers)
+    book = rulebook.Rulebook(
+        values.workers,
+        rulebook.started(policy.mode, policy.delay, policy.rules,
+                         [listener for listener, _ in plan.listeners]),
+        [str(listener) for listener, _ in plan.listeners])
+    _reload = _reloader(values, book)
     if ready:
         ready()
     code = 0
@@ -189,7 +255,7 @@ def serve(plan, values, settings, policy, stderr=False, ready=None):
         else:
             if values.seed is None:
                 policy.draws.seed()  # or every worker would draw what its siblings draw
-            _worker(plan, values, settings, stderr, _master, blocks, task)
+            _worker(plan, values, settings, stderr, _master, blocks, book, task)
     signal.setitimer(signal.ITIMER_REAL, 0)
     remove_files(plan.files)
     log.info("%s", metrics.summary(blocks))
@@ -235,7 +301,7 @@ def _follow_master(master):
         os._exit(0)  # it died before we asked
 
 
-def _worker(plan, values, settings, stderr, master, blocks, task):
+def _worker(plan, values, settings, stderr, master, blocks, book, task):
     """A forked worker: switch account, serve until told to stop, and exit."""
     if _stopping:
         os._exit(0)  # forked as a replacement while the master was stopping
@@ -250,7 +316,8 @@ def _worker(plan, values, settings, stderr, master, blocks, task):
         metrics.count_in(blocks, task)  # a replacement gets its predecessor's task
         if plan.limits is not None:
             plan.limits.count_in(task)
-        (uvloop.run if uvloop else asyncio.run)(_serve(plan, settings, blocks, task))
+        follower = rulebook.Follower(book, task, [], lambda: workers_of(master))
+        (uvloop.run if uvloop else asyncio.run)(_serve(plan, settings, blocks, follower))
         code = 0
     except Exception:
         log.exception("Worker %d failed", os.getpid())
@@ -260,12 +327,13 @@ def _worker(plan, values, settings, stderr, master, blocks, task):
         os._exit(code)
 
 
-async def _serve(plan, settings, blocks, task):
-    """Serve worker ``task``'s sockets until a stop signal arrives."""
-    mine = _own_sockets(plan.listeners, task)
+async def _serve(plan, settings, blocks, follower):
+    """Serve the follower's task's sockets until a stop signal arrives."""
+    mine = _own_sockets(plan.listeners, follower.task)
+    follower.served = [(str(listener), listener.policy) for listener, _ in mine]
     # The budget is what the descriptor limit leaves once all else is open.
     sessions = server.Sessions(
-        settings.timeout, descriptors.budget(metrics.CONNECTIONS if plan.metrics else 0))
+        settings.timeout, descriptors.budget(control.CONNECTIONS if plan.metrics else 0))
     servers = []
     for listener, sockets in mine:
         smtp = server.SMTPServer(settings, listener, sessions)
@@ -273,11 +341,19 @@ async def _serve(plan, settings, blocks, task):
         servers.append(smtp)
     stop = asyncio.Event()
     if plan.metrics:  # any worker may answer a scrape: each reads every worker's counts
-        metrics.http_server(blocks, lambda: not stop.is_set()).add_sockets(plan.metrics)
+        control.http_server(blocks, lambda: not stop.is_set(), follower,
+                            plan.admin).add_sockets(plan.metrics)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, logs.reopen)
+
+    def hangup():
+        logs.reopen()
+        follower.catch_up()
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+    loop.add_signal_handler(signal.SIGUSR1, follower.catch_up)
+    follower.catch_up()  # after the handlers: a change made meanwhile is not missed
     # Said once the worker is titled, switched and hears its signals: tests wait for it.
     log.info("Worker %d serving on %s", os.getpid(),
              f"uvloop {uvloop.__version__}" if type(loop).__module__.startswith("uvloop")

@@ -107,13 +107,13 @@ def parse_listeners(text, implicit):
     return listeners
 
 
-def parse_networks(text):
-    """--proxy_from: ``CIDR,...`` (a bare address is one host)."""
+def parse_networks(text, name="proxy_from"):
+    """--proxy_from or --admin_from (``name``): ``CIDR,...`` (a bare address is one host)."""
     try:
         return tuple(ipaddress.ip_network(part.strip(), strict=False)
                      for part in text.split(",") if part.strip())
     except ValueError as error:
-        raise BlackholeError(f"Invalid value for proxy_from: {error}") from None
+        raise BlackholeError(f"Invalid value for {name}: {error}") from None
 
 
 def parse_socket_mode(text):

@@ -27,7 +27,7 @@ def test_version(flag):
 def test_help_is_grouped(flag):
     result = blackhole(flag)
     assert result.returncode == 0
-    assert result.stdout.startswith("usage: blackhole [--option=value ...] (start|stop|status|restart|run)")
+    assert result.stdout.startswith("usage: blackhole [--option=value ...] (start|stop|status|restart|run|reload|stats|watch)")
     for group in ("Network:", "Mail:", "TLS:", "Process:", "Logging:"):
         assert f"\n{group}\n" in result.stdout
     for option in ("--port=N", "--ssl_port=N", "--mode=TEXT", "--delay=N", "--conf=TEXT",
@@ -53,7 +53,7 @@ def test_help_says_what_each_action_does():
 def test_missing_or_unknown_action_prints_usage_and_exits_2(args, message):
     result = blackhole(*args)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["usage: blackhole [--option=value ...] (start|stop|status|restart|run)", message]
+    assert result.stderr.splitlines() == ["usage: blackhole [--option=value ...] (start|stop|status|restart|run|reload|stats|watch)", message]
 
 
 @pytest.mark.parametrize("args, message", [

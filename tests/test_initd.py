@@ -119,7 +119,7 @@ def test_init_script_usage_and_missing_conf(deployment, tmp_path):
     _, _, env = deployment
     usage = init("bogus", env)
     assert (usage.returncode, usage.stdout) == (
-        1, "Usage: /etc/init.d/blackhole {start|stop|restart|status}\n")
+        1, "Usage: /etc/init.d/blackhole {start|stop|restart|reload|force-reload|status}\n")
     missing = init("start", dict(env, BLACKHOLE_CONF=str(tmp_path / "none.conf")))
     assert (missing.returncode, missing.stdout) == (
         1, f"Failed to open conf: {tmp_path / 'none.conf'}\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from blackhole import metrics
+from blackhole import control, metrics
 from blackhole.process import workers_of
 from tests.conftest import HOST, free_port, insecure_context, wait_for_port
 
@@ -313,8 +313,8 @@ def test_a_silent_or_half_sent_request_is_closed(daemon, sent):
     metrics_port = free_port()
     process, _ = daemon(f"--metrics_port={metrics_port}")
     wait_for_port(metrics_port, process)
-    with socket.create_connection((HOST, metrics_port), timeout=metrics.TIMEOUT + 2) as sock:
+    with socket.create_connection((HOST, metrics_port), timeout=control.TIMEOUT + 2) as sock:
         sock.sendall(sent)
         started = time.monotonic()
         assert sock.recv(1024) == b""
-    assert metrics.TIMEOUT - 1 < time.monotonic() - started < metrics.TIMEOUT + 1
+    assert control.TIMEOUT - 1 < time.monotonic() - started < control.TIMEOUT + 1

@@ -107,8 +107,9 @@ async def trickler(port, stop, holding, evicted):
             reader, writer = await asyncio.open_connection(HOST, port)
             if (await reader.readline()).startswith(b"220"):
                 writer.write(ENVELOPE)
-                while not (await reader.readline()).startswith(b"354"):
-                    pass
+                while not (line := await reader.readline()).startswith(b"354"):
+                    if not line:  # closed before DATA: readline would return b"" forever
+                        raise ConnectionError("closed before DATA")
                 holding.add(writer)
                 answer = asyncio.ensure_future(reader.readline())
                 while not (stop.is_set() or answer.done()):
