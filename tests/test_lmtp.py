@@ -166,7 +166,7 @@ def raw_lmtp(sock):
 
 def test_per_recipient_replies_over_tcp_and_a_unix_socket(daemon, tmp_path):
     port, path = free_port(), tmp_path / "lmtp.sock"
-    daemon(f"--listen={HOST}:{port} lmtp, unix:{path} lmtp", port=port)
+    daemon(f"--listen=unix:{path} lmtp, {HOST}:{port} lmtp", port=port)
     with socket.create_connection((HOST, port), timeout=10) as sock:
         assert raw_lmtp(sock) == [250, 550, 221]
     with socket.socket(socket.AF_UNIX) as sock:
@@ -178,7 +178,7 @@ def test_per_recipient_replies_over_tcp_and_a_unix_socket(daemon, tmp_path):
 def test_smtplib_lmtp_over_tcp_and_a_unix_socket(daemon, tmp_path):
     """smtplib.LMTP reads one reply after the data: one recipient each."""
     port, path = free_port(), tmp_path / "lmtp.sock"
-    daemon(f"--listen={HOST}:{port} lmtp, unix:{path} lmtp mode=bounce", port=port)
+    daemon(f"--listen=unix:{path} lmtp mode=bounce, {HOST}:{port} lmtp", port=port)
     with smtplib.LMTP(HOST, port, timeout=10) as client:
         assert client.sendmail("a@example.com", ["b@example.com"], MESSAGE[:-3]) == {}
     with smtplib.LMTP(str(path), timeout=10) as client:
@@ -193,7 +193,7 @@ def test_smtplib_lmtp_over_tcp_and_a_unix_socket(daemon, tmp_path):
 def test_smtp_source_delivers_over_lmtp(daemon, tmp_path):
     """50 messages of 3 recipients each, over TCP and over the Unix socket."""
     port, path = free_port(), tmp_path / "lmtp.sock"
-    process, _ = daemon(f"--listen={HOST}:{port} lmtp, unix:{path} lmtp", port=port)
+    process, _ = daemon(f"--listen=unix:{path} lmtp, {HOST}:{port} lmtp", port=port)
     for where in (f"{HOST}:{port}", f"unix:{path}"):
         result = subprocess.run([SMTP_SOURCE, "-L", "-s", "5", "-m", "50", "-r", "3",
                                  "-l", "2048", where], capture_output=True, text=True,

@@ -24,7 +24,8 @@ def greeting(path):
 
 def test_created_with_its_mode_served_with_several_workers_and_removed_on_stop(daemon, tmp_path):
     port, path, private = free_port(), tmp_path / "smtp.sock", tmp_path / "private.sock"
-    process, _ = daemon(f"--listen={HOST}:{port}, unix:{path}", "--workers=2", port=port)
+    # The socket file is bound first: the fixture waits for the TCP port only.
+    process, _ = daemon(f"--listen=unix:{path}, {HOST}:{port}", "--workers=2", port=port)
     assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o666
     for _ in range(10):
         assert greeting(path).startswith(b"220 ")
@@ -32,7 +33,7 @@ def test_created_with_its_mode_served_with_several_workers_and_removed_on_stop(d
     _, stderr = process.communicate(timeout=20)
     assert f"Listening on unix:{path}, mode accept" in stderr
     assert not path.exists()
-    daemon(f"--listen={HOST}:{port}, unix:{private}", "--socket_mode=0600", port=port)
+    daemon(f"--listen=unix:{private}, {HOST}:{port}", "--socket_mode=0600", port=port)
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
@@ -41,7 +42,7 @@ def test_a_stale_socket_file_is_replaced_and_a_live_one_left_alone(daemon, tmp_p
     with socket.socket(socket.AF_UNIX) as left_behind:  # bound, never removed: stale
         left_behind.bind(str(path))
     port = free_port()
-    daemon(f"--listen={HOST}:{port}, unix:{path}", port=port)
+    daemon(f"--listen=unix:{path}, {HOST}:{port}", port=port)
     assert greeting(path).startswith(b"220 ")
     second = blackhole(f"--listen=unix:{path}", "--ssl=False", "run")  # no port to race for
     assert (second.returncode, second.stderr) == (
@@ -83,7 +84,7 @@ def test_owned_by_and_usable_by_the_workers_account(daemon):
     with tempfile.TemporaryDirectory() as directory:
         os.chmod(directory, 0o755)  # pytest's tmp_path is root's alone
         path, port = os.path.join(directory, "lmtp.sock"), free_port()
-        daemon(f"--listen={HOST}:{port}, unix:{path} lmtp", "--user=nobody",
+        daemon(f"--listen=unix:{path} lmtp, {HOST}:{port}", "--user=nobody",
                "--group=nogroup", port=port)
         info = os.stat(path)
         assert (info.st_uid, info.st_gid) == (NOBODY, NOGROUP)
@@ -112,7 +113,7 @@ def test_a_proxy_header_over_a_unix_socket(daemon, tmp_path):
     """A balancer on the same machine may deliver through the socket file:
     whoever may open it may send the header, whatever --proxy_from says."""
     port, path, log = free_port(), tmp_path / "smtp.sock", tmp_path / "debug.log"
-    daemon(f"--listen={HOST}:{port}, unix:{path} proxy=on", "--proxy_from=192.0.2.0/24",
+    daemon(f"--listen=unix:{path} proxy=on, {HOST}:{port}", "--proxy_from=192.0.2.0/24",
            "--debug", f"--log={log}", port=port)
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
